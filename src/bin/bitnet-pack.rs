@@ -1,0 +1,188 @@
+//! bitnet-pack: Hugging Face checkpoint -> .bnet, or .bnet -> safetensors (by file types).
+
+use anyhow::{bail, Context, Result};
+use bitnet::cli::{progress_bar, EXIT_ERROR, EXIT_OK};
+use bitnet::format::{is_bnet, BnetFile};
+use bitnet::hf::{Checkpoint, Sources};
+use bitnet::output::AtomicFile;
+use bitnet::pack::{pack, unpack, PackOptions, QuantKind, StoreAs};
+use clap::{Parser, ValueEnum};
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Pack a BitNet / ternary Hugging Face checkpoint into a .bnet container, or unpack a .bnet to safetensors",
+    long_about = "Pack a BitNet / ternary Hugging Face checkpoint into a .bnet container, or unpack a .bnet to safetensors.\n\n\
+The direction follows from the file types: IN a model directory or .safetensors file and OUT a .bnet packs; \
+IN a .bnet and OUT a .safetensors unpacks (dequantized f32 weights, the config in __metadata__).\n\n\
+Exit codes: 0 success, 2 error (nothing is left under OUT)."
+)]
+struct Args {
+    /// Model directory (config.json, *.safetensors or a sharded index, tokenizer files), a .safetensors file, or a .bnet to unpack
+    input: PathBuf,
+    /// Output: a .bnet container, or a .safetensors file when unpacking
+    output: PathBuf,
+    /// config.json to use (default: the one beside the weights)
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// tokenizer.json (or tokenizer.model) to use (default: the one beside the weights)
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// Pack without a tokenizer (the model then cannot encode text)
+    #[arg(long, conflicts_with = "tokenizer")]
+    no_tokenizer: bool,
+    /// Weight quantization for latent (float) checkpoints
+    #[arg(long, value_enum, default_value_t = Quant::Ternary)]
+    quant: Quant,
+    /// How to store the token embeddings
+    #[arg(long, value_enum, default_value_t = Store::Keep)]
+    embeddings: Store,
+    /// How to store an untied lm_head
+    #[arg(long, value_enum, default_value_t = Store::Keep)]
+    lm_head: Store,
+    /// Overwrite OUT if it exists
+    #[arg(long)]
+    force: bool,
+    /// No progress bar and no summary
+    #[arg(long, short)]
+    quiet: bool,
+    /// Print the result as JSON on stdout
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Quant {
+    /// absmean ternary {-1, 0, +1}, 2 bits per weight
+    Ternary,
+    /// sign binary {-1, +1} (original BitNet), 1 bit per weight
+    Binary,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Store {
+    /// the checkpoint's own dtype, bit for bit
+    Keep,
+    /// IEEE half precision
+    F16,
+    /// int8 with one f32 scale per row
+    I8,
+}
+
+impl From<Store> for StoreAs {
+    fn from(s: Store) -> StoreAs {
+        match s {
+            Store::Keep => StoreAs::Keep,
+            Store::F16 => StoreAs::F16,
+            Store::I8 => StoreAs::I8,
+        }
+    }
+}
+
+fn has_ext(p: &Path, ext: &str) -> bool {
+    p.extension().is_some_and(|e| e.eq_ignore_ascii_case(ext))
+}
+
+fn run(a: Args) -> Result<()> {
+    if is_bnet(&a.input) || has_ext(&a.input, "bnet") {
+        if !has_ext(&a.output, "safetensors") {
+            bail!(
+                "{}: unpacking a .bnet writes a .safetensors file; name the output *.safetensors",
+                a.output.display()
+            );
+        }
+        return run_unpack(&a);
+    }
+    if !has_ext(&a.output, "bnet") {
+        bail!(
+            "{}: the output of packing must be a .bnet file (GGUF export is not available yet)",
+            a.output.display()
+        );
+    }
+    let mut out = AtomicFile::create(&a.output, a.force)?;
+    let ck = Checkpoint::open(
+        &a.input,
+        &Sources {
+            config: a.config.clone(),
+            tokenizer: a.tokenizer.clone(),
+            require_tokenizer: !a.no_tokenizer,
+        },
+    )?;
+    if !a.quiet && !a.json {
+        eprintln!(
+            "detected {} checkpoint ({} layers, hidden {}, {} activation) in {}",
+            ck.family.name(),
+            ck.config.num_hidden_layers,
+            ck.config.hidden_size,
+            serde_json::to_value(ck.config.hidden_act)?.as_str().unwrap_or("?"),
+            a.input.display()
+        );
+    }
+    let total: u64 = ck.tensors.values().map(|t| (t.end - t.start) as u64).sum();
+    let pb = progress_bar(total, "packing", a.quiet || a.json);
+    let opts = PackOptions {
+        quant: match a.quant {
+            Quant::Ternary => QuantKind::Ternary,
+            Quant::Binary => QuantKind::Binary,
+        },
+        embeddings: a.embeddings.into(),
+        lm_head: a.lm_head.into(),
+    };
+    let dest = a.output.clone();
+    let sink = BufWriter::with_capacity(8 << 20, out.file());
+    let (sink, report) = pack(&ck, sink, &dest, &opts, &|n| pb.inc(n))?;
+    sink.into_inner()
+        .map_err(|e| bitnet::output::write_error(&dest, e.into_error()))?;
+    out.commit()?;
+    pb.finish_and_clear();
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else if !a.quiet {
+        eprintln!(
+            "wrote {}: {} tensors, {} ({:.4} bits per quantized weight){}",
+            a.output.display(),
+            report.tensors,
+            bitnet::inspect::human(report.output_bytes),
+            8.0 * report.packed_bytes as f64 / report.quantized_weights.max(1) as f64,
+            if report.skipped.is_empty() {
+                String::new()
+            } else {
+                format!("; skipped {}", report.skipped.join(", "))
+            }
+        );
+    }
+    Ok(())
+}
+
+fn run_unpack(a: &Args) -> Result<()> {
+    let mut out = AtomicFile::create(&a.output, a.force)?;
+    let f = BnetFile::open(&a.input).with_context(|| a.input.display().to_string())?;
+    let total = f.index.entries.iter().map(|e| e.len).sum();
+    let pb = progress_bar(total, "unpacking", a.quiet || a.json);
+    let sink = BufWriter::with_capacity(8 << 20, out.file());
+    let (sink, n) = unpack(&f.index, &f.map, sink, &a.output, &|b| pb.inc(b))?;
+    sink.into_inner()
+        .map_err(|e| bitnet::output::write_error(&a.output, e.into_error()))?;
+    out.commit()?;
+    pb.finish_and_clear();
+    if a.json {
+        println!("{}", serde_json::json!({"output": a.output, "tensors": n}));
+    } else if !a.quiet {
+        eprintln!("wrote {}: {n} tensors", a.output.display());
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args) {
+        Ok(()) => ExitCode::from(EXIT_OK),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}

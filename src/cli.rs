@@ -1,0 +1,25 @@
+//! What the binaries share: exit codes and the progress bar.
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// Success.
+pub const EXIT_OK: u8 = 0;
+/// The check ran and failed (checksum mismatch, out of tolerance).
+pub const EXIT_FAILED: u8 = 1;
+/// Bad input, bad usage or an I/O error.
+pub const EXIT_ERROR: u8 = 2;
+
+/// A byte-count progress bar on stderr; hidden with `--quiet` or when stderr is not a terminal.
+pub fn progress_bar(total: u64, msg: &str, quiet: bool) -> ProgressBar {
+    let pb = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+    if quiet {
+        pb.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    pb.set_style(
+        ProgressStyle::with_template("{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    pb.set_message(msg.to_string());
+    pb
+}

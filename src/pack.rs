@@ -1,0 +1,535 @@
+//! Conversion: a Hugging Face checkpoint to a `.bnet` container (streaming, tensor by tensor,
+//! rows in parallel, hashed as written), and a container back to safetensors.
+
+use crate::error::{Error, Result};
+use crate::format::bnet::{self, DType, Index, Scale, ScaleOp, Writer};
+use crate::hf::{Checkpoint, SrcDType, SrcTensor};
+use crate::model::{source_name, Role};
+use crate::quant::{self, Float};
+use rayon::prelude::*;
+use serde_json::{json, Value};
+use std::collections::BTreeSet;
+use std::io::{Seek, Write};
+use std::path::Path;
+
+/// Weight quantization for latent (float) checkpoints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QuantKind {
+    /// Absmean ternary, 2 bits per weight.
+    Ternary,
+    /// Sign binary (original BitNet), 1 bit per weight.
+    Binary,
+}
+
+/// How to store the embeddings and the lm_head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreAs {
+    /// The checkpoint's own dtype, bit for bit.
+    Keep,
+    F16,
+    /// int8 with one f32 scale per row.
+    I8,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct PackOptions {
+    pub quant: QuantKind,
+    pub embeddings: StoreAs,
+    pub lm_head: StoreAs,
+}
+
+impl Default for PackOptions {
+    fn default() -> Self {
+        PackOptions {
+            quant: QuantKind::Ternary,
+            embeddings: StoreAs::Keep,
+            lm_head: StoreAs::Keep,
+        }
+    }
+}
+
+/// What a conversion did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PackReport {
+    pub family: String,
+    pub tensors: usize,
+    pub input_bytes: u64,
+    pub output_bytes: u64,
+    pub quantized_weights: u64,
+    pub packed_bytes: u64,
+    pub skipped: Vec<String>,
+}
+
+/// Rows per work item when streaming large float tensors (bounded memory).
+const CHUNK_BYTES: usize = 16 << 20;
+
+fn float_of(name: &str, t: &SrcTensor) -> Result<Float> {
+    match t.dtype {
+        SrcDType::Float(f) => Ok(f),
+        SrcDType::U8 => Err(Error::checkpoint(format!(
+            "tensor {name} is uint8 but should hold floats"
+        ))),
+    }
+}
+
+fn check_finite(name: &str, f: Float, bytes: &[u8]) -> Result<()> {
+    let chunk = (CHUNK_BYTES / f.size()) * f.size();
+    let bad = bytes
+        .par_chunks(chunk)
+        .enumerate()
+        .find_map_first(|(i, c)| quant::first_non_finite(f, c).map(|j| i * (chunk / f.size()) + j));
+    match bad {
+        Some(i) => Err(Error::checkpoint(format!(
+            "tensor {name} has a NaN or infinite value at element {i}; the checkpoint is damaged (re-download it or fix the training run)"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Packs a checkpoint. `progress` is called with the number of input bytes just consumed.
+pub fn pack<W: Write + Seek>(
+    ck: &Checkpoint,
+    out: W,
+    dest: &Path,
+    opts: &PackOptions,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<(W, PackReport)> {
+    if opts.quant == QuantKind::Binary && ck.family.is_packed() {
+        return Err(Error::checkpoint(format!(
+            "--quant binary needs latent (float) weights, but this {} checkpoint is already ternary-packed",
+            ck.family.name()
+        )));
+    }
+    let cfg = &ck.config;
+    let expected = cfg.expected_tensors();
+    let mut used = BTreeSet::new();
+    // Resolve and shape-check everything before writing a byte.
+    let mut plan = Vec::with_capacity(expected.len());
+    for (canonical, shape, role) in expected {
+        let src_name = source_name(ck.family, &canonical);
+        let t = ck.tensors.get(&src_name).ok_or_else(|| {
+            Error::checkpoint(format!(
+                "tensor {src_name} is missing; config.json describes a model this checkpoint does not hold"
+            ))
+        })?;
+        let mut scale_t = None;
+        if role == Role::Projection && t.dtype == SrcDType::U8 {
+            if shape[0] % 4 != 0 || t.shape != [shape[0] / 4, shape[1]] {
+                return Err(shape_error(&src_name, &t.shape, &[shape[0] / 4, shape[1]], " (uint8-packed)"));
+            }
+            let sname = format!("{}_scale", src_name);
+            let st = ck.tensors.get(&sname).ok_or_else(|| {
+                Error::checkpoint(format!(
+                    "uint8 tensor {src_name} has no {sname}; a packed ternary weight is meaningless without its scale (is a shard missing?)"
+                ))
+            })?;
+            used.insert(sname.clone());
+            scale_t = Some((sname, st));
+        } else {
+            if t.shape != shape {
+                return Err(shape_error(&src_name, &t.shape, &shape, ""));
+            }
+            float_of(&src_name, t)?;
+        }
+        used.insert(src_name.clone());
+        plan.push((canonical, src_name, t, role, scale_t));
+    }
+    let mut skipped = Vec::new();
+    for name in ck.tensors.keys().filter(|n| !used.contains(*n)) {
+        if crate::model::is_ignorable(name) {
+            skipped.push(format!("{name} (RoPE buffer, recomputed from rope_theta)"));
+        } else if name == "lm_head.weight" && cfg.tie_word_embeddings {
+            skipped.push(format!("{name} (tie_word_embeddings: the embeddings are the head)"));
+        } else {
+            return Err(Error::checkpoint(format!(
+                "unexpected tensor {name}: the {} layout has no such tensor (biases, extra norms or another architecture are not supported)",
+                ck.family.name()
+            )));
+        }
+    }
+
+    let sources = hash_sources(ck)?;
+    let mut w = Writer::new(out, dest)?;
+    let mut report = PackReport {
+        family: ck.family.name().into(),
+        tensors: 0,
+        input_bytes: 0,
+        output_bytes: 0,
+        quantized_weights: 0,
+        packed_bytes: 0,
+        skipped,
+    };
+    let mut renamed = serde_json::Map::new();
+    for (canonical, src_name, t, role, scale_t) in plan {
+        if canonical != src_name {
+            renamed.insert(canonical.clone(), Value::String(src_name.clone()));
+        }
+        let bytes = ck.bytes(t);
+        match role {
+            Role::Projection => {
+                let (dtype, scale, data) = match scale_t {
+                    Some((sname, st)) => repack_hf(&src_name, t, bytes, &sname, st, ck)?,
+                    None => quantize_latent(&src_name, t, bytes, opts.quant)?,
+                };
+                let shape = shape_of(t);
+                report.quantized_weights += shape[0] * shape[1];
+                report.packed_bytes += data.len() as u64;
+                w.tensor(&canonical, dtype, &shape, scale, &data)?;
+            }
+            Role::Embedding | Role::LmHead => {
+                let store = if role == Role::Embedding { opts.embeddings } else { opts.lm_head };
+                write_float_tensor(&mut w, &canonical, t, bytes, store)?;
+            }
+            Role::Norm => write_float_tensor(&mut w, &canonical, t, bytes, StoreAs::Keep)?,
+        }
+        ck.shards[t.shard].release(t.start, t.end);
+        report.tensors += 1;
+        report.input_bytes += bytes.len() as u64;
+        progress(bytes.len() as u64);
+    }
+    w.tensor("file:config.json", DType::U8, &[ck.config_bytes.len().max(1) as u64], Scale::NONE, nonempty(&ck.config_bytes))?;
+    for (name, path) in &ck.blobs {
+        let data = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        w.tensor(&format!("file:{name}"), DType::U8, &[data.len().max(1) as u64], Scale::NONE, nonempty(&data))?;
+    }
+    let meta = json!({
+        "format": "bnet",
+        "format_version": format!("{}.{}", bnet::VERSION_MAJOR, bnet::VERSION_MINOR),
+        "family": ck.family.name(),
+        "model": cfg,
+        "quantization": {
+            "weights": match opts.quant { QuantKind::Ternary => "ternary", QuantKind::Binary => "binary" },
+            "method": match (ck.family.is_packed(), opts.quant) {
+                (true, _) => "prepacked-uint8",
+                (false, QuantKind::Ternary) => "absmean",
+                (false, QuantKind::Binary) => "sign-mean",
+            },
+            "scale_op": match (ck.family.is_packed(), opts.quant) {
+                (true, _) => cfg.linear_class.scale_op().name(),
+                (false, QuantKind::Ternary) => ScaleOp::Divide.name(),
+                (false, QuantKind::Binary) => ScaleOp::Multiply.name(),
+            },
+            "embeddings": store_name(opts.embeddings),
+            "lm_head": if cfg.tie_word_embeddings { "tied" } else { store_name(opts.lm_head) },
+        },
+        "provenance": {
+            "tool": format!("bitnet-tools {}", env!("CARGO_PKG_VERSION")),
+            "sources": sources,
+            "renamed": renamed,
+            "skipped": report.skipped,
+        },
+    });
+    let (out, len) = w.finish(&meta)?;
+    report.output_bytes = len;
+    Ok((out, report))
+}
+
+/// The stored (unpacked) shape of a projection.
+fn shape_of(t: &SrcTensor) -> Vec<u64> {
+    if t.dtype == SrcDType::U8 {
+        vec![t.shape[0] * 4, t.shape[1]]
+    } else {
+        t.shape.clone()
+    }
+}
+
+fn nonempty(b: &[u8]) -> &[u8] {
+    if b.is_empty() {
+        b" "
+    } else {
+        b
+    }
+}
+
+fn store_name(s: StoreAs) -> &'static str {
+    match s {
+        StoreAs::Keep => "source dtype",
+        StoreAs::F16 => "f16",
+        StoreAs::I8 => "int8 per-row",
+    }
+}
+
+fn shape_error(name: &str, got: &[u64], want: &[u64], what: &str) -> Error {
+    Error::checkpoint(format!(
+        "tensor {name} has shape {got:?} but config.json implies {want:?}{what}; the config does not belong to these weights"
+    ))
+}
+
+/// Quantizes a latent float projection to T2 (absmean) or B1 (sign of W - mean).
+fn quantize_latent(name: &str, t: &SrcTensor, bytes: &[u8], kind: QuantKind) -> Result<(DType, Scale, Vec<u8>)> {
+    let f = float_of(name, t)?;
+    check_finite(name, f, bytes)?;
+    let (rows, k) = (t.shape[0] as usize, t.shape[1] as usize);
+    let row_src = k * f.size();
+    // Pass 1: sums over rows in parallel, added in row order so the result is deterministic.
+    let partial: Vec<(f64, f64)> = bytes
+        .par_chunks(row_src)
+        .map(|r| {
+            let mut x = vec![0f32; k];
+            quant::decode(f, r, &mut x);
+            x.iter().fold((0f64, 0f64), |(a, s), &v| (a + v.abs() as f64, s + v as f64))
+        })
+        .collect();
+    let (abs_sum, sum) = partial.iter().fold((0f64, 0f64), |(a, s), p| (a + p.0, s + p.1));
+    let n = (rows * k) as u64;
+    let dtype = match kind {
+        QuantKind::Ternary => DType::T2,
+        QuantKind::Binary => DType::B1,
+    };
+    let row_out = dtype.row_bytes(k as u64).expect("small") as usize;
+    let mut data = vec![0u8; rows * row_out];
+    let (scale, mean) = match kind {
+        QuantKind::Ternary => (quant::absmean_scale(abs_sum, n), 0.0),
+        QuantKind::Binary => ((abs_sum / n as f64) as f32, (sum / n as f64) as f32),
+    };
+    data.par_chunks_mut(row_out)
+        .zip(bytes.par_chunks(row_src))
+        .for_each(|(o, r)| {
+            let mut x = vec![0f32; k];
+            quant::decode(f, r, &mut x);
+            let codes: Vec<i8> = match kind {
+                QuantKind::Ternary => x.iter().map(|&v| quant::ternary(v, scale)).collect(),
+                QuantKind::Binary => x.iter().map(|&v| quant::binary(v, mean)).collect(),
+            };
+            match kind {
+                QuantKind::Ternary => quant::pack_t2_row(&codes, o),
+                QuantKind::Binary => quant::pack_b1_row(&codes, o),
+            }
+        });
+    if kind == QuantKind::Binary && !(scale.is_finite() && scale > 0.0) {
+        return Err(Error::checkpoint(format!(
+            "tensor {name} is all zeros: binary quantization needs mean|W| > 0"
+        )));
+    }
+    let op = match kind {
+        QuantKind::Ternary => ScaleOp::Divide,
+        QuantKind::Binary => ScaleOp::Multiply,
+    };
+    Ok((dtype, Scale { value: scale, op, source_dtype: DType::F32 }, data))
+}
+
+/// Re-packs a Hugging Face uint8 ternary weight `[out/4, in]` into T2, code for code.
+fn repack_hf(
+    name: &str,
+    t: &SrcTensor,
+    bytes: &[u8],
+    sname: &str,
+    st: &SrcTensor,
+    ck: &Checkpoint,
+) -> Result<(DType, Scale, Vec<u8>)> {
+    let sf = float_of(sname, st)?;
+    if st.numel() != 1 {
+        return Err(Error::checkpoint(format!(
+            "{sname} has shape {:?}; only one scale per tensor (shape [1]) is supported",
+            st.shape
+        )));
+    }
+    let mut v = [0f32];
+    quant::decode(sf, ck.bytes(st), &mut v);
+    let value = v[0];
+    if !value.is_finite() || value <= 0.0 {
+        return Err(Error::checkpoint(format!(
+            "{sname} is {value}; a weight scale must be finite and positive (damaged checkpoint?)"
+        )));
+    }
+    let (pr, k) = (t.shape[0] as usize, t.shape[1] as usize);
+    let out_rows = pr * 4;
+    let row_out = DType::T2.row_bytes(k as u64).expect("small") as usize;
+    let mut data = vec![0u8; out_rows * row_out];
+    let bad = data
+        .par_chunks_mut(row_out)
+        .enumerate()
+        .find_map_any(|(o, dst)| {
+            let mut codes = vec![0i8; k];
+            for (c, code) in codes.iter_mut().enumerate() {
+                let f = quant::hf_field(bytes, pr, k, o, c);
+                if f == 3 {
+                    return Some((o, c));
+                }
+                *code = f as i8 - 1;
+            }
+            quant::pack_t2_row(&codes, dst);
+            None
+        });
+    if let Some((o, c)) = bad {
+        return Err(Error::checkpoint(format!(
+            "tensor {name} holds the invalid 2-bit code 3 (row {o}, column {c}); the packed checkpoint is damaged"
+        )));
+    }
+    let scale = Scale {
+        value,
+        op: ck.config.linear_class.scale_op(),
+        source_dtype: sf.dtype(),
+    };
+    Ok((DType::T2, scale, data))
+}
+
+/// Writes a float tensor as is, as f16, or as per-row int8 (plus its `.row_scale` companion).
+fn write_float_tensor<W: Write + Seek>(
+    w: &mut Writer<W>,
+    name: &str,
+    t: &SrcTensor,
+    bytes: &[u8],
+    store: StoreAs,
+) -> Result<()> {
+    let f = float_of(name, t)?;
+    check_finite(name, f, bytes)?;
+    let k = *t.shape.last().expect("non-empty shape") as usize;
+    let row_src = k * f.size();
+    let rows_per_chunk = (CHUNK_BYTES / row_src).max(1);
+    match store {
+        StoreAs::Keep => {
+            w.begin_tensor(name, f.dtype(), &t.shape, Scale::NONE)?;
+            for c in bytes.chunks(rows_per_chunk * row_src) {
+                w.write(c)?;
+            }
+            w.end_tensor()
+        }
+        StoreAs::F16 => {
+            w.begin_tensor(name, DType::F16, &t.shape, Scale::NONE)?;
+            for c in bytes.chunks(rows_per_chunk * row_src) {
+                let mut x = vec![0f32; c.len() / f.size()];
+                quant::decode(f, c, &mut x);
+                let mut o = Vec::with_capacity(x.len() * 2);
+                quant::encode(Float::F16, &x, &mut o);
+                w.write(&o)?;
+            }
+            w.end_tensor()
+        }
+        StoreAs::I8 => {
+            let mut scales = Vec::new();
+            w.begin_tensor(name, DType::I8, &t.shape, Scale::NONE)?;
+            for c in bytes.chunks(rows_per_chunk * row_src) {
+                let rows: Vec<(Vec<u8>, f32)> = c
+                    .par_chunks(row_src)
+                    .map(|r| {
+                        let mut x = vec![0f32; k];
+                        quant::decode(f, r, &mut x);
+                        let mut q = vec![0i8; k];
+                        let s = quant::quantize_i8_row(&x, &mut q);
+                        (q.into_iter().map(|v| v as u8).collect(), s)
+                    })
+                    .collect();
+                for (q, s) in rows {
+                    w.write(&q)?;
+                    scales.push(s);
+                }
+            }
+            w.end_tensor()?;
+            let mut sb = Vec::with_capacity(scales.len() * 4);
+            quant::encode(Float::F32, &scales, &mut sb);
+            w.tensor(&format!("{name}.row_scale"), DType::F32, &[scales.len() as u64], Scale::NONE, &sb)
+        }
+    }
+}
+
+/// BLAKE3 of every input file, for provenance. Large files are hashed through the checkpoint's
+/// own mappings, window by window, releasing pages behind us to keep memory flat.
+fn hash_sources(ck: &Checkpoint) -> Result<Value> {
+    let mut out = Vec::new();
+    let mut small = vec![("config.json".to_string(), ck.config_path.clone())];
+    small.extend(ck.blobs.iter().cloned());
+    for (name, path) in small {
+        let data = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        out.push(json!({"file": name, "bytes": data.len(), "blake3": blake3::hash(&data).to_hex().to_string()}));
+    }
+    for s in &ck.shards {
+        let mut h = blake3::Hasher::new();
+        const WIN: usize = 64 << 20;
+        let mut at = 0;
+        while at < s.map.len() {
+            let end = (at + WIN).min(s.map.len());
+            h.update_rayon(&s.map[at..end]);
+            s.release(at, end);
+            at = end;
+        }
+        let name = s.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        out.push(json!({"file": name, "bytes": s.map.len(), "blake3": h.finalize().to_hex().to_string()}));
+    }
+    Ok(Value::Array(out))
+}
+
+/// Writes the tensors of a container as a safetensors file: packed weights dequantized to f32
+/// exactly as formats/bnet.md §5 says, int8 rows times their scales in f32, floats as stored.
+/// The original config.json travels in `__metadata__`.
+pub fn unpack<W: Write>(index: &Index, bytes: &[u8], mut out: W, dest: &Path, progress: &(dyn Fn(u64) + Sync)) -> Result<(W, usize)> {
+    let io = |e| crate::output::write_error(dest, e);
+    let tensors: Vec<&bnet::Entry> = index
+        .entries
+        .iter()
+        .filter(|e| !e.name.starts_with("file:") && !e.name.ends_with(".row_scale"))
+        .collect();
+    let out_dtype = |e: &bnet::Entry| match e.dtype {
+        DType::T2 | DType::B1 | DType::I8 => DType::F32,
+        d => d,
+    };
+    let mut header = serde_json::Map::new();
+    let mut offset = 0u64;
+    for e in &tensors {
+        let d = out_dtype(e);
+        let len = d.data_len(&e.shape).ok_or_else(|| Error::format("tensor too large"))?;
+        header.insert(
+            e.name.clone(),
+            json!({"dtype": d.name(), "shape": e.shape, "data_offsets": [offset, offset + len]}),
+        );
+        offset += len;
+    }
+    let mut meta = serde_json::Map::new();
+    meta.insert("format".into(), "pt".into());
+    if let Some(c) = index.get("file:config.json") {
+        meta.insert("config.json".into(), String::from_utf8_lossy(index.data(bytes, c)).into_owned().into());
+    }
+    if let Some(f) = index.meta.get("family").and_then(Value::as_str) {
+        meta.insert("bnet.family".into(), f.into());
+    }
+    header.insert("__metadata__".into(), Value::Object(meta));
+    let mut h = serde_json::to_vec(&Value::Object(header)).expect("serializes");
+    while h.len() % 8 != 0 {
+        h.push(b' ');
+    }
+    out.write_all(&(h.len() as u64).to_le_bytes()).map_err(io)?;
+    out.write_all(&h).map_err(io)?;
+    for e in &tensors {
+        let data = index.data(bytes, e);
+        let (rows, k) = e.rows_cols();
+        let (rows, k) = (rows as usize, k as usize);
+        match e.dtype {
+            DType::T2 | DType::B1 => {
+                let row_bytes = e.dtype.row_bytes(k as u64).expect("checked at open") as usize;
+                let rows_per_chunk = (CHUNK_BYTES / (4 * k)).max(1);
+                for chunk in data.chunks(rows_per_chunk * row_bytes) {
+                    let buf: Vec<u8> = chunk
+                        .par_chunks(row_bytes)
+                        .flat_map_iter(|row| {
+                            let mut v = vec![0i8; k];
+                            quant::unpack_row(e.dtype, row, &mut v);
+                            v.into_iter().flat_map(|c| e.scale.apply(c as f32).to_le_bytes())
+                        })
+                        .collect();
+                    out.write_all(&buf).map_err(io)?;
+                }
+            }
+            DType::I8 => {
+                let s = index
+                    .get(&format!("{}.row_scale", e.name))
+                    .ok_or_else(|| Error::format(format!("{} has no .row_scale tensor", e.name)))?;
+                let sdata = index.data(bytes, s);
+                let mut scales = vec![0f32; rows];
+                if sdata.len() != rows * 4 {
+                    return Err(Error::format(format!("{}.row_scale has the wrong length", e.name)));
+                }
+                quant::decode(Float::F32, sdata, &mut scales);
+                for (r, row) in data.chunks(k).enumerate() {
+                    let x: Vec<f32> = row.iter().map(|&q| q as i8 as f32 * scales[r]).collect();
+                    let mut o = Vec::with_capacity(k * 4);
+                    quant::encode(Float::F32, &x, &mut o);
+                    out.write_all(&o).map_err(io)?;
+                }
+            }
+            _ => out.write_all(data).map_err(io)?,
+        }
+        progress(e.len);
+    }
+    out.flush().map_err(io)?;
+    Ok((out, tensors.len()))
+}
