@@ -6,7 +6,10 @@ use std::path::PathBuf;
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let dir = PathBuf::from(args.next().ok_or_else(|| anyhow::anyhow!("usage: synth_checkpoint DIR [2b4t|tiny-odd] [packed]"))?);
+    let dir =
+        PathBuf::from(args.next().ok_or_else(|| {
+            anyhow::anyhow!("usage: synth_checkpoint DIR [2b4t|tiny-odd] [packed]")
+        })?);
     let mut spec = match args.next().as_deref() {
         None | Some("2b4t") => bitnet::synth::SynthSpec::bitnet_2b4t(),
         Some("tiny-odd") => bitnet::synth::SynthSpec::tiny_odd(),

@@ -102,7 +102,10 @@ impl Checkpoint {
             let dir = input.parent().unwrap_or(Path::new(".")).to_path_buf();
             (dir, vec![input.to_path_buf()])
         };
-        let config_path = src.config.clone().unwrap_or_else(|| dir.join("config.json"));
+        let config_path = src
+            .config
+            .clone()
+            .unwrap_or_else(|| dir.join("config.json"));
         if !config_path.exists() {
             return Err(Error::checkpoint(format!(
                 "{}: config.json not found; every checkpoint needs its config.json (pass --config FILE if it lives elsewhere)",
@@ -132,8 +135,15 @@ impl Checkpoint {
                     t.display()
                 )));
             }
-            let name = t.file_name().and_then(|n| n.to_str()).unwrap_or("tokenizer.json");
-            let name = if name.ends_with(".model") { "tokenizer.model" } else { "tokenizer.json" };
+            let name = t
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("tokenizer.json");
+            let name = if name.ends_with(".model") {
+                "tokenizer.model"
+            } else {
+                "tokenizer.json"
+            };
             blobs.push((name.to_string(), t.clone()));
         }
         for name in BLOB_FILES {
@@ -201,16 +211,21 @@ impl Checkpoint {
 fn find_shards(dir: &Path) -> Result<Vec<PathBuf>> {
     let index = dir.join("model.safetensors.index.json");
     if index.is_file() {
-        let v: Value = serde_json::from_slice(&read_file(&index)?).map_err(|e| {
-            Error::checkpoint(format!("{}: not valid JSON ({e})", index.display()))
-        })?;
-        let map = v.get("weight_map").and_then(Value::as_object).ok_or_else(|| {
-            Error::checkpoint(format!("{}: no \"weight_map\" object", index.display()))
-        })?;
+        let v: Value = serde_json::from_slice(&read_file(&index)?)
+            .map_err(|e| Error::checkpoint(format!("{}: not valid JSON ({e})", index.display())))?;
+        let map = v
+            .get("weight_map")
+            .and_then(Value::as_object)
+            .ok_or_else(|| {
+                Error::checkpoint(format!("{}: no \"weight_map\" object", index.display()))
+            })?;
         let mut files: Vec<&str> = Vec::new();
         for f in map.values() {
             let f = f.as_str().ok_or_else(|| {
-                Error::checkpoint(format!("{}: weight_map values must be file names", index.display()))
+                Error::checkpoint(format!(
+                    "{}: weight_map values must be file names",
+                    index.display()
+                ))
             })?;
             if f.contains('/') || f.contains('\\') || f == ".." {
                 return Err(Error::checkpoint(format!(
@@ -256,9 +271,14 @@ fn find_shards(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// Validates a safetensors header and lists its tensors. Errors say what is wrong.
-fn parse_safetensors(buf: &[u8], shard: usize) -> std::result::Result<Vec<(String, SrcTensor)>, String> {
-    let corrupt = |m: String| format!("truncated or corrupt safetensors file ({m}); re-download it");
-    let (n, meta) = safetensors::SafeTensors::read_metadata(buf).map_err(|e| corrupt(e.to_string()))?;
+fn parse_safetensors(
+    buf: &[u8],
+    shard: usize,
+) -> std::result::Result<Vec<(String, SrcTensor)>, String> {
+    let corrupt =
+        |m: String| format!("truncated or corrupt safetensors file ({m}); re-download it");
+    let (n, meta) =
+        safetensors::SafeTensors::read_metadata(buf).map_err(|e| corrupt(e.to_string()))?;
     let base = 8 + n;
     let mut out = Vec::new();
     for (name, info) in meta.tensors() {
@@ -276,7 +296,9 @@ fn parse_safetensors(buf: &[u8], shard: usize) -> std::result::Result<Vec<(Strin
         let (s, e) = info.data_offsets;
         let (start, end) = (base + s, base + e);
         if end > buf.len() {
-            return Err(corrupt(format!("tensor {name} runs past the end of the file")));
+            return Err(corrupt(format!(
+                "tensor {name} runs past the end of the file"
+            )));
         }
         out.push((
             name,

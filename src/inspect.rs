@@ -82,7 +82,11 @@ impl Summary {
             bytes_by_dtype: by,
             quantized_weights: qw,
             packed_bytes: pb,
-            bits_per_quantized_weight: if qw == 0 { 0.0 } else { 8.0 * pb as f64 / qw as f64 },
+            bits_per_quantized_weight: if qw == 0 {
+                0.0
+            } else {
+                8.0 * pb as f64 / qw as f64
+            },
             files: idx
                 .entries
                 .iter()
@@ -98,8 +102,18 @@ impl Summary {
         let mut s = String::new();
         let m = &self.model;
         let q = &self.quantization;
-        let g = |v: &Value, k: &str| v.get(k).map(|x| x.to_string().trim_matches('"').to_string()).unwrap_or_else(|| "?".into());
-        let _ = writeln!(s, "format        .bnet {}, {} bytes ({})", self.format_version, self.file_bytes, human(self.file_bytes));
+        let g = |v: &Value, k: &str| {
+            v.get(k)
+                .map(|x| x.to_string().trim_matches('"').to_string())
+                .unwrap_or_else(|| "?".into())
+        };
+        let _ = writeln!(
+            s,
+            "format        .bnet {}, {} bytes ({})",
+            self.format_version,
+            self.file_bytes,
+            human(self.file_bytes)
+        );
         let _ = writeln!(s, "family        {}", self.family.as_str().unwrap_or("?"));
         let _ = writeln!(
             s,
@@ -110,35 +124,69 @@ impl Summary {
         let _ = writeln!(
             s,
             "              rope_theta {}, rms_norm_eps {}, tied embeddings {}, context {}",
-            g(m, "rope_theta"), g(m, "rms_norm_eps"), g(m, "tie_word_embeddings"), g(m, "max_position_embeddings")
+            g(m, "rope_theta"),
+            g(m, "rms_norm_eps"),
+            g(m, "tie_word_embeddings"),
+            g(m, "max_position_embeddings")
         );
         let _ = writeln!(
             s,
             "quantization  {} weights ({}), scale {}s; embeddings {}, lm_head {}",
-            g(q, "weights"), g(q, "method"), g(q, "scale_op"), g(q, "embeddings"), g(q, "lm_head")
+            g(q, "weights"),
+            g(q, "method"),
+            g(q, "scale_op"),
+            g(q, "embeddings"),
+            g(q, "lm_head")
         );
         let _ = writeln!(
             s,
             "packed        {} quantized weights in {} ({:.4} bits per weight)",
-            self.quantized_weights, human(self.packed_bytes), self.bits_per_quantized_weight
+            self.quantized_weights,
+            human(self.packed_bytes),
+            self.bits_per_quantized_weight
         );
-        let by: Vec<String> = self.bytes_by_dtype.iter().map(|(k, v)| format!("{k} {}", human(*v))).collect();
+        let by: Vec<String> = self
+            .bytes_by_dtype
+            .iter()
+            .map(|(k, v)| format!("{k} {}", human(*v)))
+            .collect();
         let _ = writeln!(s, "tensors       {} ({})", self.tensor_count, by.join(", "));
         let _ = writeln!(s, "files         {}", self.files.join(", "));
         if let Some(src) = self.provenance.get("sources").and_then(Value::as_array) {
-            let names: Vec<String> = src.iter().filter_map(|x| x.get("file").and_then(Value::as_str).map(str::to_string)).collect();
-            let _ = writeln!(s, "sources       {} ({})", names.join(", "), g(&self.provenance, "tool"));
+            let names: Vec<String> = src
+                .iter()
+                .filter_map(|x| x.get("file").and_then(Value::as_str).map(str::to_string))
+                .collect();
+            let _ = writeln!(
+                s,
+                "sources       {} ({})",
+                names.join(", "),
+                g(&self.provenance, "tool")
+            );
         }
         if let Some(ts) = &self.tensors {
             let _ = writeln!(s);
-            let _ = writeln!(s, "{:<52} {:>5} {:>18} {:>12}  scale", "tensor", "dtype", "shape", "bytes");
+            let _ = writeln!(
+                s,
+                "{:<52} {:>5} {:>18} {:>12}  scale",
+                "tensor", "dtype", "shape", "bytes"
+            );
             for t in ts {
-                let shape = t.shape.iter().map(u64::to_string).collect::<Vec<_>>().join("x");
+                let shape = t
+                    .shape
+                    .iter()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join("x");
                 let scale = match (t.scale, t.scale_op) {
                     (Some(v), Some(op)) => format!("{op} {v:e}"),
                     _ => String::new(),
                 };
-                let _ = writeln!(s, "{:<52} {:>5} {:>18} {:>12}  {}", t.name, t.dtype, shape, t.bytes, scale);
+                let _ = writeln!(
+                    s,
+                    "{:<52} {:>5} {:>18} {:>12}  {}",
+                    t.name, t.dtype, shape, t.bytes, scale
+                );
             }
         }
         s

@@ -109,7 +109,9 @@ impl Family {
             (FamilyHint::LlamaTernary, false) => Family::LlamaTernaryLatent,
             (FamilyHint::OneBitLlm, false) => Family::OneBitLlmLatent,
             (FamilyHint::OneBitLlm, true) => {
-                return Err("1bitLLM checkpoints hold float latent weights, but q_proj is uint8".into())
+                return Err(
+                    "1bitLLM checkpoints hold float latent weights, but q_proj is uint8".into(),
+                )
             }
         })
     }
@@ -142,7 +144,9 @@ impl ModelConfig {
             .map(|a| a.iter().filter_map(Value::as_str).collect())
             .unwrap_or_default();
         let qc = raw.get("quantization_config");
-        let quant_method = qc.and_then(|q| q.get("quant_method")).and_then(Value::as_str);
+        let quant_method = qc
+            .and_then(|q| q.get("quant_method"))
+            .and_then(Value::as_str);
         let hint = match model_type {
             "bitnet" => FamilyHint::Bitnet,
             "llama" if archs.contains(&"BitnetForCausalLM") => FamilyHint::OneBitLlm,
@@ -176,15 +180,28 @@ impl ModelConfig {
         };
         for key in ["attention_bias", "mlp_bias"] {
             if raw.get(key).and_then(Value::as_bool) == Some(true) {
-                return Err(format!("{key}: true is not supported (BitNet layers have no bias)"));
+                return Err(format!(
+                    "{key}: true is not supported (BitNet layers have no bias)"
+                ));
             }
         }
-        let linear_class = match qc.and_then(|q| q.get("linear_class")).and_then(Value::as_str) {
+        let linear_class = match qc
+            .and_then(|q| q.get("linear_class"))
+            .and_then(Value::as_str)
+        {
             None | Some("bitlinear") => LinearClass::BitLinear,
             Some("autobitlinear") => LinearClass::AutoBitLinear,
-            Some(other) => return Err(format!("unsupported quantization_config.linear_class {other:?}")),
+            Some(other) => {
+                return Err(format!(
+                    "unsupported quantization_config.linear_class {other:?}"
+                ))
+            }
         };
-        if qc.and_then(|q| q.get("use_rms_norm")).and_then(Value::as_bool) == Some(true) {
+        if qc
+            .and_then(|q| q.get("use_rms_norm"))
+            .and_then(Value::as_bool)
+            == Some(true)
+        {
             return Err("quantization_config.use_rms_norm: true is not supported yet".into());
         }
         let hidden_size = get_u64(raw, "hidden_size")?;
@@ -198,11 +215,15 @@ impl ModelConfig {
                 "num_attention_heads {num_attention_heads} is not a multiple of num_key_value_heads {num_key_value_heads}"
             ));
         }
-        let head_dim = match raw.get("head_dim").and_then(Value::as_u64) {
-            Some(d) if d > 0 => d,
-            _ if hidden_size % num_attention_heads == 0 => hidden_size / num_attention_heads,
-            _ => return Err("hidden_size is not a multiple of num_attention_heads and head_dim is not set".into()),
-        };
+        let head_dim =
+            match raw.get("head_dim").and_then(Value::as_u64) {
+                Some(d) if d > 0 => d,
+                _ if hidden_size % num_attention_heads == 0 => hidden_size / num_attention_heads,
+                _ => return Err(
+                    "hidden_size is not a multiple of num_attention_heads and head_dim is not set"
+                        .into(),
+                ),
+            };
         if head_dim % 2 != 0 {
             return Err(format!("head_dim {head_dim} must be even for RoPE"));
         }
@@ -214,7 +235,14 @@ impl ModelConfig {
             .unwrap_or(default_theta);
         let rope_scaling = match (raw.get("rope_scaling"), rope_params) {
             (Some(s), _) if !s.is_null() => s.clone(),
-            (_, Some(p)) if p.get("rope_type").and_then(Value::as_str).unwrap_or("default") != "default" => p.clone(),
+            (_, Some(p))
+                if p.get("rope_type")
+                    .and_then(Value::as_str)
+                    .unwrap_or("default")
+                    != "default" =>
+            {
+                p.clone()
+            }
             _ => Value::Null,
         };
         let cfg = ModelConfig {
@@ -228,7 +256,10 @@ impl ModelConfig {
             num_key_value_heads,
             head_dim,
             vocab_size: get_u64(raw, "vocab_size")?,
-            rms_norm_eps: raw.get("rms_norm_eps").and_then(Value::as_f64).unwrap_or(default_eps),
+            rms_norm_eps: raw
+                .get("rms_norm_eps")
+                .and_then(Value::as_f64)
+                .unwrap_or(default_eps),
             rope_theta,
             rope_scaling,
             max_position_embeddings: raw
@@ -254,22 +285,62 @@ impl ModelConfig {
         let (h, ff, v) = (self.hidden_size, self.intermediate_size, self.vocab_size);
         let q = self.num_attention_heads * self.head_dim;
         let kv = self.num_key_value_heads * self.head_dim;
-        let mut t = vec![("model.embed_tokens.weight".to_string(), vec![v, h], Role::Embedding)];
+        let mut t = vec![(
+            "model.embed_tokens.weight".to_string(),
+            vec![v, h],
+            Role::Embedding,
+        )];
         for i in 0..self.num_hidden_layers {
             let p = format!("model.layers.{i}");
             let mut layer = vec![
                 (format!("{p}.input_layernorm.weight"), vec![h], Role::Norm),
-                (format!("{p}.self_attn.q_proj.weight"), vec![q, h], Role::Projection),
-                (format!("{p}.self_attn.k_proj.weight"), vec![kv, h], Role::Projection),
-                (format!("{p}.self_attn.v_proj.weight"), vec![kv, h], Role::Projection),
-                (format!("{p}.self_attn.o_proj.weight"), vec![h, q], Role::Projection),
-                (format!("{p}.post_attention_layernorm.weight"), vec![h], Role::Norm),
-                (format!("{p}.mlp.gate_proj.weight"), vec![ff, h], Role::Projection),
-                (format!("{p}.mlp.up_proj.weight"), vec![ff, h], Role::Projection),
-                (format!("{p}.mlp.down_proj.weight"), vec![h, ff], Role::Projection),
+                (
+                    format!("{p}.self_attn.q_proj.weight"),
+                    vec![q, h],
+                    Role::Projection,
+                ),
+                (
+                    format!("{p}.self_attn.k_proj.weight"),
+                    vec![kv, h],
+                    Role::Projection,
+                ),
+                (
+                    format!("{p}.self_attn.v_proj.weight"),
+                    vec![kv, h],
+                    Role::Projection,
+                ),
+                (
+                    format!("{p}.self_attn.o_proj.weight"),
+                    vec![h, q],
+                    Role::Projection,
+                ),
+                (
+                    format!("{p}.post_attention_layernorm.weight"),
+                    vec![h],
+                    Role::Norm,
+                ),
+                (
+                    format!("{p}.mlp.gate_proj.weight"),
+                    vec![ff, h],
+                    Role::Projection,
+                ),
+                (
+                    format!("{p}.mlp.up_proj.weight"),
+                    vec![ff, h],
+                    Role::Projection,
+                ),
+                (
+                    format!("{p}.mlp.down_proj.weight"),
+                    vec![h, ff],
+                    Role::Projection,
+                ),
             ];
             if self.sub_norms {
-                layer.push((format!("{p}.self_attn.attn_sub_norm.weight"), vec![q], Role::Norm));
+                layer.push((
+                    format!("{p}.self_attn.attn_sub_norm.weight"),
+                    vec![q],
+                    Role::Norm,
+                ));
                 layer.push((format!("{p}.mlp.ffn_sub_norm.weight"), vec![ff], Role::Norm));
             }
             t.extend(layer);

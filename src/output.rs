@@ -57,7 +57,10 @@ impl AtomicFile {
     /// Flushes to disk and renames into place.
     pub fn commit(self) -> Result<()> {
         let dest = self.dest.clone();
-        self.tmp.as_file().sync_all().map_err(|e| write_error(&dest, e))?;
+        self.tmp
+            .as_file()
+            .sync_all()
+            .map_err(|e| write_error(&dest, e))?;
         let res = if self.force {
             self.tmp.persist(&dest)
         } else {

@@ -115,7 +115,12 @@ pub fn pack<W: Write + Seek>(
         let mut scale_t = None;
         if role == Role::Projection && t.dtype == SrcDType::U8 {
             if shape[0] % 4 != 0 || t.shape != [shape[0] / 4, shape[1]] {
-                return Err(shape_error(&src_name, &t.shape, &[shape[0] / 4, shape[1]], " (uint8-packed)"));
+                return Err(shape_error(
+                    &src_name,
+                    &t.shape,
+                    &[shape[0] / 4, shape[1]],
+                    " (uint8-packed)",
+                ));
             }
             let sname = format!("{}_scale", src_name);
             let st = ck.tensors.get(&sname).ok_or_else(|| {
@@ -139,7 +144,9 @@ pub fn pack<W: Write + Seek>(
         if crate::model::is_ignorable(name) {
             skipped.push(format!("{name} (RoPE buffer, recomputed from rope_theta)"));
         } else if name == "lm_head.weight" && cfg.tie_word_embeddings {
-            skipped.push(format!("{name} (tie_word_embeddings: the embeddings are the head)"));
+            skipped.push(format!(
+                "{name} (tie_word_embeddings: the embeddings are the head)"
+            ));
         } else {
             return Err(Error::checkpoint(format!(
                 "unexpected tensor {name}: the {} layout has no such tensor (biases, extra norms or another architecture are not supported)",
@@ -177,7 +184,11 @@ pub fn pack<W: Write + Seek>(
                 w.tensor(&canonical, dtype, &shape, scale, &data)?;
             }
             Role::Embedding | Role::LmHead => {
-                let store = if role == Role::Embedding { opts.embeddings } else { opts.lm_head };
+                let store = if role == Role::Embedding {
+                    opts.embeddings
+                } else {
+                    opts.lm_head
+                };
                 write_float_tensor(&mut w, &canonical, t, bytes, store)?;
             }
             Role::Norm => write_float_tensor(&mut w, &canonical, t, bytes, StoreAs::Keep)?,
@@ -187,10 +198,22 @@ pub fn pack<W: Write + Seek>(
         report.input_bytes += bytes.len() as u64;
         progress(bytes.len() as u64);
     }
-    w.tensor("file:config.json", DType::U8, &[ck.config_bytes.len().max(1) as u64], Scale::NONE, nonempty(&ck.config_bytes))?;
+    w.tensor(
+        "file:config.json",
+        DType::U8,
+        &[ck.config_bytes.len().max(1) as u64],
+        Scale::NONE,
+        nonempty(&ck.config_bytes),
+    )?;
     for (name, path) in &ck.blobs {
         let data = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        w.tensor(&format!("file:{name}"), DType::U8, &[data.len().max(1) as u64], Scale::NONE, nonempty(&data))?;
+        w.tensor(
+            &format!("file:{name}"),
+            DType::U8,
+            &[data.len().max(1) as u64],
+            Scale::NONE,
+            nonempty(&data),
+        )?;
     }
     let meta = json!({
         "format": "bnet",
@@ -256,7 +279,12 @@ fn shape_error(name: &str, got: &[u64], want: &[u64], what: &str) -> Error {
 }
 
 /// Quantizes a latent float projection to T2 (absmean) or B1 (sign of W - mean).
-fn quantize_latent(name: &str, t: &SrcTensor, bytes: &[u8], kind: QuantKind) -> Result<(DType, Scale, Vec<u8>)> {
+fn quantize_latent(
+    name: &str,
+    t: &SrcTensor,
+    bytes: &[u8],
+    kind: QuantKind,
+) -> Result<(DType, Scale, Vec<u8>)> {
     let f = float_of(name, t)?;
     check_finite(name, f, bytes)?;
     let (rows, k) = (t.shape[0] as usize, t.shape[1] as usize);
@@ -267,10 +295,14 @@ fn quantize_latent(name: &str, t: &SrcTensor, bytes: &[u8], kind: QuantKind) -> 
         .map(|r| {
             let mut x = vec![0f32; k];
             quant::decode(f, r, &mut x);
-            x.iter().fold((0f64, 0f64), |(a, s), &v| (a + v.abs() as f64, s + v as f64))
+            x.iter().fold((0f64, 0f64), |(a, s), &v| {
+                (a + v.abs() as f64, s + v as f64)
+            })
         })
         .collect();
-    let (abs_sum, sum) = partial.iter().fold((0f64, 0f64), |(a, s), p| (a + p.0, s + p.1));
+    let (abs_sum, sum) = partial
+        .iter()
+        .fold((0f64, 0f64), |(a, s), p| (a + p.0, s + p.1));
     let n = (rows * k) as u64;
     let dtype = match kind {
         QuantKind::Ternary => DType::T2,
@@ -305,7 +337,15 @@ fn quantize_latent(name: &str, t: &SrcTensor, bytes: &[u8], kind: QuantKind) -> 
         QuantKind::Ternary => ScaleOp::Divide,
         QuantKind::Binary => ScaleOp::Multiply,
     };
-    Ok((dtype, Scale { value: scale, op, source_dtype: DType::F32 }, data))
+    Ok((
+        dtype,
+        Scale {
+            value: scale,
+            op,
+            source_dtype: DType::F32,
+        },
+        data,
+    ))
 }
 
 /// Re-packs a Hugging Face uint8 ternary weight `[out/4, in]` into T2, code for code.
@@ -418,7 +458,13 @@ fn write_float_tensor<W: Write + Seek>(
             w.end_tensor()?;
             let mut sb = Vec::with_capacity(scales.len() * 4);
             quant::encode(Float::F32, &scales, &mut sb);
-            w.tensor(&format!("{name}.row_scale"), DType::F32, &[scales.len() as u64], Scale::NONE, &sb)
+            w.tensor(
+                &format!("{name}.row_scale"),
+                DType::F32,
+                &[scales.len() as u64],
+                Scale::NONE,
+                &sb,
+            )
         }
     }
 }
@@ -443,7 +489,11 @@ fn hash_sources(ck: &Checkpoint) -> Result<Value> {
             s.release(at, end);
             at = end;
         }
-        let name = s.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = s
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         out.push(json!({"file": name, "bytes": s.map.len(), "blake3": h.finalize().to_hex().to_string()}));
     }
     Ok(Value::Array(out))
@@ -452,7 +502,13 @@ fn hash_sources(ck: &Checkpoint) -> Result<Value> {
 /// Writes the tensors of a container as a safetensors file: packed weights dequantized to f32
 /// exactly as formats/bnet.md §5 says, int8 rows times their scales in f32, floats as stored.
 /// The original config.json travels in `__metadata__`.
-pub fn unpack<W: Write>(index: &Index, bytes: &[u8], mut out: W, dest: &Path, progress: &(dyn Fn(u64) + Sync)) -> Result<(W, usize)> {
+pub fn unpack<W: Write>(
+    index: &Index,
+    bytes: &[u8],
+    mut out: W,
+    dest: &Path,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<(W, usize)> {
     let io = |e| crate::output::write_error(dest, e);
     let tensors: Vec<&bnet::Entry> = index
         .entries
@@ -463,32 +519,29 @@ pub fn unpack<W: Write>(index: &Index, bytes: &[u8], mut out: W, dest: &Path, pr
         DType::T2 | DType::B1 | DType::I8 => DType::F32,
         d => d,
     };
-    let mut header = serde_json::Map::new();
-    let mut offset = 0u64;
+    let mut list = Vec::with_capacity(tensors.len());
     for e in &tensors {
         let d = out_dtype(e);
-        let len = d.data_len(&e.shape).ok_or_else(|| Error::format("tensor too large"))?;
-        header.insert(
-            e.name.clone(),
-            json!({"dtype": d.name(), "shape": e.shape, "data_offsets": [offset, offset + len]}),
-        );
-        offset += len;
+        let len = d
+            .data_len(&e.shape)
+            .ok_or_else(|| Error::format("tensor too large"))?;
+        list.push((e.name.clone(), d.name(), e.shape.clone(), len));
     }
     let mut meta = serde_json::Map::new();
     meta.insert("format".into(), "pt".into());
     if let Some(c) = index.get("file:config.json") {
-        meta.insert("config.json".into(), String::from_utf8_lossy(index.data(bytes, c)).into_owned().into());
+        meta.insert(
+            "config.json".into(),
+            String::from_utf8_lossy(index.data(bytes, c))
+                .into_owned()
+                .into(),
+        );
     }
     if let Some(f) = index.meta.get("family").and_then(Value::as_str) {
         meta.insert("bnet.family".into(), f.into());
     }
-    header.insert("__metadata__".into(), Value::Object(meta));
-    let mut h = serde_json::to_vec(&Value::Object(header)).expect("serializes");
-    while h.len() % 8 != 0 {
-        h.push(b' ');
-    }
-    out.write_all(&(h.len() as u64).to_le_bytes()).map_err(io)?;
-    out.write_all(&h).map_err(io)?;
+    out.write_all(&crate::format::safetensors_header(&list, &meta))
+        .map_err(io)?;
     for e in &tensors {
         let data = index.data(bytes, e);
         let (rows, k) = e.rows_cols();
@@ -503,7 +556,8 @@ pub fn unpack<W: Write>(index: &Index, bytes: &[u8], mut out: W, dest: &Path, pr
                         .flat_map_iter(|row| {
                             let mut v = vec![0i8; k];
                             quant::unpack_row(e.dtype, row, &mut v);
-                            v.into_iter().flat_map(|c| e.scale.apply(c as f32).to_le_bytes())
+                            v.into_iter()
+                                .flat_map(|c| e.scale.apply(c as f32).to_le_bytes())
                         })
                         .collect();
                     out.write_all(&buf).map_err(io)?;
@@ -516,7 +570,10 @@ pub fn unpack<W: Write>(index: &Index, bytes: &[u8], mut out: W, dest: &Path, pr
                 let sdata = index.data(bytes, s);
                 let mut scales = vec![0f32; rows];
                 if sdata.len() != rows * 4 {
-                    return Err(Error::format(format!("{}.row_scale has the wrong length", e.name)));
+                    return Err(Error::format(format!(
+                        "{}.row_scale has the wrong length",
+                        e.name
+                    )));
                 }
                 quant::decode(Float::F32, sdata, &mut scales);
                 for (r, row) in data.chunks(k).enumerate() {

@@ -63,9 +63,9 @@ pub fn decode(src: Float, bytes: &[u8], out: &mut [f32]) {
 /// Index of the first NaN or infinity in raw little-endian floats, without decoding.
 pub fn first_non_finite(src: Float, bytes: &[u8]) -> Option<usize> {
     match src {
-        Float::F32 => bytes
-            .chunks_exact(4)
-            .position(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) & 0x7f80_0000 == 0x7f80_0000),
+        Float::F32 => bytes.chunks_exact(4).position(|b| {
+            u32::from_le_bytes([b[0], b[1], b[2], b[3]]) & 0x7f80_0000 == 0x7f80_0000
+        }),
         Float::F16 => bytes
             .chunks_exact(2)
             .position(|b| u16::from_le_bytes([b[0], b[1]]) & 0x7c00 == 0x7c00),
@@ -216,7 +216,9 @@ pub fn quantize_i8_row(x: &[f32], q: &mut [i8]) -> f32 {
 /// Converts f32 to the bytes of a float dtype (round to nearest even).
 pub fn encode(dst: Float, x: &[f32], out: &mut Vec<u8>) {
     match dst {
-        Float::F32 => x.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        Float::F32 => x
+            .iter()
+            .for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
         Float::F16 => x
             .iter()
             .for_each(|v| out.extend_from_slice(&f16::from_f32(*v).to_le_bytes())),

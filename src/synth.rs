@@ -25,11 +25,29 @@ pub struct SynthSpec {
 impl SynthSpec {
     /// microsoft/bitnet-b1.58-2B-4T-bf16's shape: ~4.8 GB of bf16 latent weights.
     pub fn bitnet_2b4t() -> SynthSpec {
-        SynthSpec { hidden: 2560, intermediate: 6912, layers: 30, heads: 20, kv_heads: 5, vocab: 128256, tied: true, packed: false }
+        SynthSpec {
+            hidden: 2560,
+            intermediate: 6912,
+            layers: 30,
+            heads: 20,
+            kv_heads: 5,
+            vocab: 128256,
+            tied: true,
+            packed: false,
+        }
     }
     /// A small model with row lengths that are not multiples of 256.
     pub fn tiny_odd() -> SynthSpec {
-        SynthSpec { hidden: 72, intermediate: 200, layers: 2, heads: 4, kv_heads: 2, vocab: 300, tied: false, packed: false }
+        SynthSpec {
+            hidden: 72,
+            intermediate: 200,
+            layers: 2,
+            heads: 4,
+            kv_heads: 2,
+            vocab: 300,
+            tied: false,
+            packed: false,
+        }
     }
 
     pub fn config(&self) -> Value {
@@ -59,41 +77,22 @@ impl SynthSpec {
     }
 }
 
-/// A safetensors header for tensors written in the given order, padded to 8 bytes.
-/// Each item is (name, dtype name, shape, byte length).
-pub fn safetensors_header(tensors: &[(String, &str, Vec<u64>, u64)], metadata: &serde_json::Map<String, Value>) -> Vec<u8> {
-    let mut h = serde_json::Map::new();
-    let mut off = 0u64;
-    for (name, dtype, shape, len) in tensors {
-        h.insert(name.clone(), json!({"dtype": dtype, "shape": shape, "data_offsets": [off, off + len]}));
-        off += len;
-    }
-    if !metadata.is_empty() {
-        h.insert("__metadata__".into(), Value::Object(metadata.clone()));
-    }
-    let mut bytes = serde_json::to_vec(&Value::Object(h)).expect("serializes");
-    while bytes.len() % 8 != 0 {
-        bytes.push(b' ');
-    }
-    let mut out = (bytes.len() as u64).to_le_bytes().to_vec();
-    out.extend(bytes);
-    out
-}
-
 /// Deterministic pseudo-random bf16 values, roughly N(0, 0.02)-sized, filled in parallel.
 fn random_bf16(seed: u64, n: usize, out: &mut Vec<u8>) {
     out.resize(n * 2, 0);
-    out.par_chunks_mut(1 << 16).enumerate().for_each(|(c, chunk)| {
-        let mut s = seed ^ (c as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        for v in chunk.chunks_exact_mut(2) {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            let u = (s >> 40) as f32 / (1u64 << 24) as f32; // [0, 1)
-            let x = (u - 0.5) * 0.07;
-            v.copy_from_slice(&half::bf16::from_f32(x).to_le_bytes());
-        }
-    });
+    out.par_chunks_mut(1 << 16)
+        .enumerate()
+        .for_each(|(c, chunk)| {
+            let mut s = seed ^ (c as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+            for v in chunk.chunks_exact_mut(2) {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                let u = (s >> 40) as f32 / (1u64 << 24) as f32; // [0, 1)
+                let x = (u - 0.5) * 0.07;
+                v.copy_from_slice(&half::bf16::from_f32(x).to_le_bytes());
+            }
+        });
 }
 
 /// Writes `config.json`, `model.safetensors` and a tiny `tokenizer.json` into `dir`.
@@ -123,7 +122,11 @@ pub fn write_checkpoint(dir: &Path, spec: &SynthSpec, seed: u64) -> Result<()> {
     let mp = dir.join("model.safetensors");
     let f = std::fs::File::create(&mp).map_err(|e| io(&mp, e))?;
     let mut w = BufWriter::with_capacity(8 << 20, f);
-    w.write_all(&safetensors_header(&list, &serde_json::Map::new())).map_err(|e| io(&mp, e))?;
+    w.write_all(&crate::format::safetensors_header(
+        &list,
+        &serde_json::Map::new(),
+    ))
+    .map_err(|e| io(&mp, e))?;
     let mut buf = Vec::new();
     for (i, (name, dtype, shape, len)) in list.iter().enumerate() {
         let seed = seed.wrapping_add(i as u64 * 7919);
@@ -137,7 +140,9 @@ pub fn write_checkpoint(dir: &Path, spec: &SynthSpec, seed: u64) -> Result<()> {
                 }));
             }
             _ if name.ends_with("_scale") => {
-                buf = half::bf16::from_f32(0.5 + (i % 7) as f32 * 0.125).to_le_bytes().to_vec();
+                buf = half::bf16::from_f32(0.5 + (i % 7) as f32 * 0.125)
+                    .to_le_bytes()
+                    .to_vec();
             }
             _ if name.contains("norm") => {
                 buf.clear();

@@ -51,7 +51,8 @@ fn run(a: Args) -> Result<u8> {
         } else {
             code = EXIT_FAILED;
             for name in &r.bad_tensors {
-                verify_text += &format!("verify        FAILED: checksum mismatch in tensor {name}\n");
+                verify_text +=
+                    &format!("verify        FAILED: checksum mismatch in tensor {name}\n");
             }
             for p in &r.problems {
                 verify_text += &format!("verify        FAILED: {p}\n");
@@ -59,7 +60,8 @@ fn run(a: Args) -> Result<u8> {
             if !r.body_ok {
                 verify_text += "verify        FAILED: whole-file checksum mismatch (damage outside the tensors, or in them)\n";
             }
-            verify_text += "the file is damaged: re-create it with bitnet-pack or download it again\n";
+            verify_text +=
+                "the file is damaged: re-create it with bitnet-pack or download it again\n";
         }
         summary["verify"] = serde_json::json!({
             "ok": r.ok(), "bad_tensors": r.bad_tensors, "problems": r.problems,

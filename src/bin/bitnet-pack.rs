@@ -117,7 +117,9 @@ fn run(a: Args) -> Result<()> {
             ck.family.name(),
             ck.config.num_hidden_layers,
             ck.config.hidden_size,
-            serde_json::to_value(ck.config.hidden_act)?.as_str().unwrap_or("?"),
+            serde_json::to_value(ck.config.hidden_act)?
+                .as_str()
+                .unwrap_or("?"),
             a.input.display()
         );
     }

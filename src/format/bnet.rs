@@ -230,6 +230,7 @@ pub struct Index {
 }
 
 /// Random-access bytes: a `&[u8]` (an mmap) or, in tests, a reader that counts what it reads.
+#[allow(clippy::len_without_is_empty)]
 pub trait ByteSource {
     fn len(&self) -> u64;
     /// Reads exactly `len` bytes at `offset`; the caller has bounds-checked the range.
@@ -329,7 +330,7 @@ impl Index {
         }
         let index_len = count * ENTRY_LEN as u64;
         let layout_ok = index_offset >= HEADER_LEN as u64
-            && index_offset % 8 == 0
+            && index_offset.is_multiple_of(8)
             && index_offset.checked_add(index_len + names_len) == Some(meta_offset)
             && meta_offset.checked_add(meta_len) == Some(file_len);
         if !layout_ok {
@@ -364,10 +365,7 @@ impl Index {
                 .checked_add(entry.len)
                 .filter(|&end| end <= index_offset)
                 .ok_or_else(|| {
-                    Error::format(format!(
-                        "tensor {:?} runs past the data region",
-                        entry.name
-                    ))
+                    Error::format(format!("tensor {:?} runs past the data region", entry.name))
                 })?;
             expected_offset = align_up(end, ALIGN).ok_or_else(|| Error::format("overflow"))?;
             entries.push(entry);
@@ -468,8 +466,10 @@ fn parse_entry(e: &[u8], names: &[u8]) -> std::result::Result<Entry, String> {
     }
     let offset = u64_at(e, E_OFFSET);
     let len = u64_at(e, E_LEN);
-    if offset % ALIGN != 0 {
-        return Err(format!("{name:?}: data offset {offset} is not 64-byte aligned"));
+    if !offset.is_multiple_of(ALIGN) {
+        return Err(format!(
+            "{name:?}: data offset {offset} is not 64-byte aligned"
+        ));
     }
     let want = dtype
         .data_len(&shape)
@@ -576,7 +576,10 @@ impl<W: Write + Seek> Writer<W> {
         shape: &[u64],
         scale: Scale,
     ) -> Result<()> {
-        assert!(self.current.is_none(), "begin_tensor while a tensor is open");
+        assert!(
+            self.current.is_none(),
+            "begin_tensor while a tensor is open"
+        );
         if name.is_empty() || name.len() > MAX_NAME_LEN as usize || !self.names.insert(name.into())
         {
             return Err(Error::checkpoint(format!(
@@ -614,7 +617,10 @@ impl<W: Write + Seek> Writer<W> {
 
     /// Closes the open tensor, checking that exactly its size was written.
     pub fn end_tensor(&mut self) -> Result<()> {
-        let (mut entry, h) = self.current.take().expect("end_tensor without begin_tensor");
+        let (mut entry, h) = self
+            .current
+            .take()
+            .expect("end_tensor without begin_tensor");
         let written = self.pos - entry.offset;
         if written != entry.len {
             return Err(Error::checkpoint(format!(
@@ -628,7 +634,14 @@ impl<W: Write + Seek> Writer<W> {
     }
 
     /// Writes a whole tensor from one buffer.
-    pub fn tensor(&mut self, name: &str, dtype: DType, shape: &[u64], scale: Scale, data: &[u8]) -> Result<()> {
+    pub fn tensor(
+        &mut self,
+        name: &str,
+        dtype: DType,
+        shape: &[u64],
+        scale: Scale,
+        data: &[u8],
+    ) -> Result<()> {
         self.begin_tensor(name, dtype, shape, scale)?;
         self.write(data)?;
         self.end_tensor()
@@ -714,8 +727,15 @@ pub fn verify(index: &Index, bytes: &[u8]) -> VerifyReport {
     let problems = index
         .entries
         .par_iter()
-        .filter(|e| e.dtype.is_packed() && !crate::quant::packed_is_canonical(e, index.data(bytes, e)))
-        .map(|e| format!("{}: invalid code 3 or non-zero padding in packed data", e.name))
+        .filter(|e| {
+            e.dtype.is_packed() && !crate::quant::packed_is_canonical(e, index.data(bytes, e))
+        })
+        .map(|e| {
+            format!(
+                "{}: invalid code 3 or non-zero padding in packed data",
+                e.name
+            )
+        })
         .collect();
     VerifyReport {
         bad_tensors: bad,

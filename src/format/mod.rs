@@ -4,6 +4,7 @@ pub mod bnet;
 
 use crate::error::{Error, Result};
 use memmap2::Mmap;
+use serde_json::{json, Value};
 use std::path::Path;
 
 /// A `.bnet` file mapped into memory with its index parsed (O(1) in the file size).
@@ -36,4 +37,31 @@ pub fn is_bnet(path: &Path) -> bool {
         .and_then(|mut f| f.read_exact(&mut magic))
         .is_ok()
         && magic == bnet::MAGIC
+}
+
+/// A safetensors header for tensors written in the given order, padded to 8 bytes.
+/// Each item is (name, dtype name, shape, byte length).
+pub fn safetensors_header(
+    tensors: &[(String, &str, Vec<u64>, u64)],
+    metadata: &serde_json::Map<String, Value>,
+) -> Vec<u8> {
+    let mut h = serde_json::Map::new();
+    let mut off = 0u64;
+    for (name, dtype, shape, len) in tensors {
+        h.insert(
+            name.clone(),
+            json!({"dtype": dtype, "shape": shape, "data_offsets": [off, off + len]}),
+        );
+        off += len;
+    }
+    if !metadata.is_empty() {
+        h.insert("__metadata__".into(), Value::Object(metadata.clone()));
+    }
+    let mut bytes = serde_json::to_vec(&Value::Object(h)).expect("serializes");
+    while !bytes.len().is_multiple_of(8) {
+        bytes.push(b' ');
+    }
+    let mut out = (bytes.len() as u64).to_le_bytes().to_vec();
+    out.extend(bytes);
+    out
 }
