@@ -1,0 +1,516 @@
+//! The binaries end to end on synthetic checkpoints: the happy path, and every bad input of
+//! the pack issue with its one-line error, exit code and nothing left behind.
+
+use assert_cmd::Command;
+use bitnet::synth::{write_checkpoint, SynthSpec};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+fn cmd(bin: &str) -> Command {
+    Command::cargo_bin(bin).unwrap()
+}
+
+fn synth(dir: &Path, packed: bool) -> PathBuf {
+    let spec = SynthSpec {
+        packed,
+        ..SynthSpec::tiny_odd()
+    };
+    let m = dir.join(if packed { "packed" } else { "latent" });
+    write_checkpoint(&m, &spec, 7).unwrap();
+    m
+}
+
+/// Exit code 2, one `error:` line that contains `needle`, no panic, nothing under `out` and no
+/// temporary file beside it.
+fn assert_clean_failure(out: std::process::Output, needle: &str, out_path: &Path) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one line, got: {err}");
+    assert!(lines[0].starts_with("error: "), "{err}");
+    assert!(err.contains(needle), "expected {needle:?} in: {err}");
+    assert!(!out_path.exists(), "{} was left behind", out_path.display());
+    if let Some(parent) = out_path.parent().filter(|p| p.is_dir()) {
+        let tmp: Vec<_> = std::fs::read_dir(parent)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+            .collect();
+        assert!(tmp.is_empty(), "temporary files left: {tmp:?}");
+    }
+}
+
+fn pack(input: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
+    cmd("bitnet-pack")
+        .arg(input)
+        .arg(out)
+        .args(extra)
+        .arg("--quiet")
+        .output()
+        .unwrap()
+}
+
+fn safetensors_tensors(path: &Path) -> (usize, serde_json::Map<String, Value>) {
+    let b = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
+    let h: Value = serde_json::from_slice(&b[8..8 + n]).unwrap();
+    (8 + n, h.as_object().unwrap().clone())
+}
+
+fn read_f32s(path: &Path, name: &str) -> Vec<f32> {
+    let (base, h) = safetensors_tensors(path);
+    let b = std::fs::read(path).unwrap();
+    let off = &h[name]["data_offsets"];
+    let (s, e) = (
+        off[0].as_u64().unwrap() as usize,
+        off[1].as_u64().unwrap() as usize,
+    );
+    assert_eq!(h[name]["dtype"], "F32");
+    b[base + s..base + e]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+#[test]
+fn pack_inspect_verify_unpack_latent() {
+    let d = tempfile::tempdir().unwrap();
+    let m = synth(d.path(), false);
+    let out = d.path().join("m.bnet");
+    let o = pack(&m, &out, &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = cmd("bitnet-inspect")
+        .arg(&out)
+        .args(["--json", "--tensors", "--verify"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0));
+    let j: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(j["family"], "bitnet-b1.58-latent");
+    assert_eq!(j["verify"]["ok"], true);
+    assert_eq!(j["model"]["hidden_act"], "relu2");
+    // rows of 72 and 200 weights pad to one 256-weight block: 64 bytes per row
+    let q = j["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "model.layers.0.mlp.down_proj.weight")
+        .unwrap();
+    assert_eq!(q["dtype"], "T2");
+    assert_eq!(q["bytes"], 72 * 64);
+    // human output names the bits per weight
+    let o = cmd("bitnet-inspect").arg(&out).output().unwrap();
+    assert!(String::from_utf8_lossy(&o.stdout).contains("bits per weight"));
+
+    let st = d.path().join("u.safetensors");
+    let o = pack(&out, &st, &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let w = read_f32s(&st, "model.layers.0.self_attn.q_proj.weight");
+    assert_eq!(w.len(), 72 * 72);
+    // one scale per tensor: every weight is 0 or +-1/s with the same magnitude
+    let mag = w.iter().find(|v| **v != 0.0).unwrap().abs();
+    assert!(w.iter().all(|v| *v == 0.0 || v.abs() == mag));
+}
+
+/// uint8-packed codes survive pack -> unpack exactly, and the scale multiplies (autobitlinear).
+#[test]
+fn packed_checkpoint_codes_are_reproduced_bit_for_bit() {
+    let d = tempfile::tempdir().unwrap();
+    let m = synth(d.path(), true);
+    let out = d.path().join("m.bnet");
+    assert!(pack(&m, &out, &[]).status.success());
+    let st = d.path().join("u.safetensors");
+    assert!(pack(&out, &st, &[]).status.success());
+    let src = m.join("model.safetensors");
+    let (base, h) = safetensors_tensors(&src);
+    let raw = std::fs::read(&src).unwrap();
+    let name = "model.layers.1.mlp.gate_proj.weight";
+    let off = |n: &str| {
+        let o = &h[n]["data_offsets"];
+        (
+            base + o[0].as_u64().unwrap() as usize,
+            base + o[1].as_u64().unwrap() as usize,
+        )
+    };
+    let (s, e) = off(name);
+    let packed = &raw[s..e];
+    let (ss, _) = off(&format!("{name}_scale"));
+    let scale = half::bf16::from_le_bytes([raw[ss], raw[ss + 1]]).to_f32();
+    let w = read_f32s(&st, name);
+    let (out_f, cols) = (200, 72);
+    let mut codes = vec![0i8; out_f * cols];
+    for o in 0..out_f {
+        for c in 0..cols {
+            let v = w[o * cols + c];
+            codes[o * cols + c] = if v == 0.0 {
+                0
+            } else if v == scale {
+                1
+            } else if v == -scale {
+                -1
+            } else {
+                panic!("{v} is not 0 or +-{scale}")
+            };
+        }
+    }
+    assert_eq!(bitnet::quant::hf_pack(&codes, out_f, cols), packed);
+}
+
+#[test]
+fn binary_quantization_packs_one_bit_per_weight() {
+    let d = tempfile::tempdir().unwrap();
+    let m = synth(d.path(), false);
+    let out = d.path().join("b.bnet");
+    assert!(pack(&m, &out, &["--quant", "binary"]).status.success());
+    let o = cmd("bitnet-inspect")
+        .arg(&out)
+        .args(["--json", "--tensors"])
+        .output()
+        .unwrap();
+    let j: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(j["quantization"]["weights"], "binary");
+    let q = j["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "model.layers.0.mlp.up_proj.weight")
+        .unwrap();
+    assert_eq!(
+        (q["dtype"].as_str(), q["bytes"].as_u64()),
+        (Some("B1"), Some(200 * 32))
+    );
+    // binary needs latent weights
+    let p = synth(d.path(), true);
+    let out2 = d.path().join("x.bnet");
+    assert_clean_failure(pack(&p, &out2, &["--quant", "binary"]), "latent", &out2);
+}
+
+#[test]
+fn embeddings_as_i8_and_f16() {
+    let d = tempfile::tempdir().unwrap();
+    let m = synth(d.path(), false);
+    let out = d.path().join("e.bnet");
+    assert!(pack(&m, &out, &["--embeddings", "i8", "--lm-head", "f16"])
+        .status
+        .success());
+    let o = cmd("bitnet-inspect")
+        .arg(&out)
+        .args(["--json", "--tensors", "--verify"])
+        .output()
+        .unwrap();
+    let j: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let t = j["tensors"].as_array().unwrap();
+    let find = |n: &str| {
+        t.iter().find(|x| x["name"] == n).unwrap()["dtype"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(find("model.embed_tokens.weight"), "I8");
+    assert_eq!(find("model.embed_tokens.weight.row_scale"), "F32");
+    assert_eq!(find("lm_head.weight"), "F16");
+    let st = d.path().join("u.safetensors");
+    assert!(pack(&out, &st, &[]).status.success());
+    assert_eq!(read_f32s(&st, "model.embed_tokens.weight").len(), 300 * 72);
+}
+
+#[test]
+fn error_truncated_safetensors() {
+    let d = tempfile::tempdir().unwrap();
+    let m = synth(d.path(), false);
+    let f = m.join("model.safetensors");
+    let len = std::fs::metadata(&f).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&f)
+        .unwrap()
+        .set_len(len - 100)
+        .unwrap();
+    let out = d.path().join("o.bnet");
+    assert_clean_failure(
+        pack(&m, &out, &[]),
+        "truncated or corrupt safetensors",
+        &out,
+    );
+}
+
+#[test]
+fn error_corrupt_safetensors_header() {
+    let d = tempfile::tempdir().unwrap();
+    let m = synth(d.path(), false);
+    let f = m.join("model.safetensors");
+    let mut b = std::fs::read(&f).unwrap();
+    b[9] = b'!';
+    std::fs::write(&f, b).unwrap();
+    let out = d.path().join("o.bnet");
+    assert_clean_failure(pack(&m, &out, &[]), "model.safetensors", &out);
+}
+
+fn packed_bnet(d: &Path) -> PathBuf {
+    let m = synth(d, false);
+    let out = d.join("m.bnet");
+    assert!(pack(&m, &out, &[]).status.success());
+    out
+}
+
+#[test]
+fn error_wrong_magic_and_unknown_version() {
+    let d = tempfile::tempdir().unwrap();
+    let b = packed_bnet(d.path());
+    let mut bytes = std::fs::read(&b).unwrap();
+    bytes[0] = b'G';
+    let bad = d.path().join("bad.bnet");
+    std::fs::write(&bad, &bytes).unwrap();
+    let o = cmd("bitnet-inspect").arg(&bad).output().unwrap();
+    assert_clean_failure(o, "magic", &d.path().join("none"));
+    bytes[0] = 0x89;
+    bytes[8] = 9; // major version 9
+    std::fs::write(&bad, &bytes).unwrap();
+    let o = cmd("bitnet-inspect").arg(&bad).output().unwrap();
+    assert_clean_failure(o, "version 9", &d.path().join("none"));
+    // unpacking it fails the same way and leaves nothing behind
+    let st = d.path().join("u.safetensors");
+    assert_clean_failure(pack(&bad, &st, &[]), "version 9", &st);
+}
+
+#[test]
+fn error_flipped_byte_in_tensor_data_is_named_by_verify() {
+    let d = tempfile::tempdir().unwrap();
+    let b = packed_bnet(d.path());
+    let o = cmd("bitnet-inspect")
+        .arg(&b)
+        .args(["--json", "--tensors"])
+        .output()
+        .unwrap();
+    let j: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let t = j["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "model.layers.1.self_attn.v_proj.weight")
+        .unwrap();
+    let at = t["offset"].as_u64().unwrap() as usize + 17;
+    let mut bytes = std::fs::read(&b).unwrap();
+    bytes[at] ^= 0x04;
+    std::fs::write(&b, &bytes).unwrap();
+    // open still works (it does not read tensor data) ...
+    assert!(cmd("bitnet-inspect")
+        .arg(&b)
+        .output()
+        .unwrap()
+        .status
+        .success());
+    // ... and verify names the tensor, exit 1
+    let o = cmd("bitnet-inspect")
+        .arg(&b)
+        .arg("--verify")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let s = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        s.contains("checksum mismatch in tensor model.layers.1.self_attn.v_proj.weight"),
+        "{s}"
+    );
+}
+
+#[test]
+fn error_missing_config_and_tokenizer() {
+    let d = tempfile::tempdir().unwrap();
+    let m = synth(d.path(), false);
+    let out = d.path().join("o.bnet");
+    std::fs::remove_file(m.join("tokenizer.json")).unwrap();
+    assert_clean_failure(pack(&m, &out, &[]), "no tokenizer.json", &out);
+    assert!(pack(&m, &out, &["--no-tokenizer"]).status.success());
+    std::fs::remove_file(&out).unwrap();
+    std::fs::remove_file(m.join("config.json")).unwrap();
+    assert_clean_failure(pack(&m, &out, &[]), "config.json not found", &out);
+}
+
+fn edit_config(m: &Path, f: impl FnOnce(&mut Value)) {
+    let p = m.join("config.json");
+    let mut v: Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+    f(&mut v);
+    std::fs::write(&p, serde_json::to_vec(&v).unwrap()).unwrap();
+}
+
+#[test]
+fn error_unsupported_architecture_and_activation() {
+    let d = tempfile::tempdir().unwrap();
+    let m = synth(d.path(), false);
+    let out = d.path().join("o.bnet");
+    edit_config(&m, |v| v["hidden_act"] = "gelu".into());
+    assert_clean_failure(
+        pack(&m, &out, &[]),
+        "unsupported activation hidden_act \"gelu\"",
+        &out,
+    );
+    edit_config(&m, |v| v["model_type"] = "gpt2".into());
+    assert_clean_failure(pack(&m, &out, &[]), "unsupported architecture", &out);
+}
+
+#[test]
+fn error_shape_mismatch() {
+    let d = tempfile::tempdir().unwrap();
+    let m = synth(d.path(), false);
+    let out = d.path().join("o.bnet");
+    edit_config(&m, |v| v["intermediate_size"] = 208.into());
+    assert_clean_failure(
+        pack(&m, &out, &[]),
+        "config does not belong to these weights",
+        &out,
+    );
+}
+
+#[test]
+fn error_nan_weights() {
+    let d = tempfile::tempdir().unwrap();
+    let m = synth(d.path(), false);
+    let f = m.join("model.safetensors");
+    let (base, h) = safetensors_tensors(&f);
+    let s = base
+        + h["model.layers.1.mlp.up_proj.weight"]["data_offsets"][0]
+            .as_u64()
+            .unwrap() as usize;
+    let mut b = std::fs::read(&f).unwrap();
+    b[s + 10..s + 12].copy_from_slice(&half::bf16::NAN.to_le_bytes());
+    std::fs::write(&f, b).unwrap();
+    let out = d.path().join("o.bnet");
+    assert_clean_failure(
+        pack(&m, &out, &[]),
+        "model.layers.1.mlp.up_proj.weight has a NaN or infinite value at element 5",
+        &out,
+    );
+}
+
+#[test]
+fn error_uint8_without_scale() {
+    let d = tempfile::tempdir().unwrap();
+    let m = synth(d.path(), true);
+    let f = m.join("model.safetensors");
+    let (base, h) = safetensors_tensors(&f);
+    let raw = std::fs::read(&f).unwrap();
+    // rewrite the file without one weight_scale
+    let drop = "model.layers.0.self_attn.k_proj.weight_scale";
+    let mut list = Vec::new();
+    let mut data = Vec::new();
+    let mut names: Vec<&String> = h
+        .keys()
+        .filter(|k| *k != drop && *k != "__metadata__")
+        .collect();
+    names.sort();
+    for n in names {
+        let t = &h[n];
+        let o = &t["data_offsets"];
+        let (s, e) = (
+            base + o[0].as_u64().unwrap() as usize,
+            base + o[1].as_u64().unwrap() as usize,
+        );
+        let shape: Vec<u64> = t["shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap())
+            .collect();
+        let dtype = if t["dtype"] == "U8" { "U8" } else { "BF16" };
+        list.push((n.clone(), dtype, shape, (e - s) as u64));
+        data.extend_from_slice(&raw[s..e]);
+    }
+    let mut out_bytes = bitnet::format::safetensors_header(&list, &Default::default());
+    out_bytes.extend(data);
+    std::fs::write(&f, out_bytes).unwrap();
+    let out = d.path().join("o.bnet");
+    assert_clean_failure(
+        pack(&m, &out, &[]),
+        "has no model.layers.0.self_attn.k_proj.weight_scale",
+        &out,
+    );
+}
+
+#[test]
+fn error_output_directory_missing_and_output_exists() {
+    let d = tempfile::tempdir().unwrap();
+    let m = synth(d.path(), false);
+    let out = d.path().join("no/such/dir/o.bnet");
+    assert_clean_failure(pack(&m, &out, &[]), "does not exist", &out);
+    let out = d.path().join("o.bnet");
+    std::fs::write(&out, b"precious").unwrap();
+    let o = pack(&m, &out, &[]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("already exists; pass --force"));
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        b"precious",
+        "the existing file must be untouched"
+    );
+    assert!(pack(&m, &out, &["--force"]).status.success());
+    assert!(cmd("bitnet-inspect")
+        .arg(&out)
+        .arg("--verify")
+        .output()
+        .unwrap()
+        .status
+        .success());
+}
+
+/// A full disk: a 64 KiB tmpfs in a private mount namespace (unshare), or, where namespaces
+/// are not allowed, a file-size limit (`ulimit -f`) which fails the same write path.
+#[test]
+fn error_disk_full() {
+    let d = tempfile::tempdir().unwrap();
+    let m = synth(d.path(), false);
+    let bin = assert_cmd::cargo::cargo_bin("bitnet-pack");
+    let mnt = d.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let script = format!(
+        "mount -t tmpfs -o size=64k tmpfs {mnt} || exit 77; {bin} {m} {mnt}/o.bnet --quiet; rc=$?; ls -A {mnt}; exit $rc",
+        mnt = mnt.display(), bin = bin.display(), m = m.display()
+    );
+    let o = std::process::Command::new("unshare")
+        .args(["-rm", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    let (o, fallback) = if o.status.code() == Some(77)
+        || o.status.code().is_none()
+        || String::from_utf8_lossy(&o.stderr).contains("unshare:")
+    {
+        eprintln!(
+            "NOTE: mount namespaces unavailable; testing the full-disk path with ulimit -f instead"
+        );
+        let out = d.path().join("o.bnet");
+        let script = format!(
+            "trap '' XFSZ; ulimit -f 64; exec {} {} {} --quiet",
+            bin.display(),
+            m.display(),
+            out.display()
+        );
+        (
+            std::process::Command::new("sh")
+                .args(["-c", &script])
+                .output()
+                .unwrap(),
+            true,
+        )
+    } else {
+        (o, false)
+    };
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    if fallback {
+        assert!(
+            err.contains("file too large") || err.contains("disk full"),
+            "{err}"
+        );
+        assert!(!d.path().join("o.bnet").exists());
+    } else {
+        assert!(err.contains("disk full while writing"), "{err}");
+        // `ls -A` of the mount printed nothing: no output and no temporary file remain
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout).trim(),
+            "",
+            "files left on the full disk"
+        );
+    }
+}
