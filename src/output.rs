@@ -34,9 +34,16 @@ impl AtomicFile {
             )));
         }
         let name = dest.file_name().and_then(|n| n.to_str()).unwrap_or("out");
-        let tmp = tempfile::Builder::new()
-            .prefix(&format!(".{name}."))
-            .suffix(".tmp")
+        let mut builder = tempfile::Builder::new();
+        let prefix = format!(".{name}.");
+        builder.prefix(&prefix).suffix(".tmp");
+        #[cfg(unix)]
+        {
+            // tempfile creates 0600; a model file is ordinary output (0644 under umask 022).
+            use std::os::unix::fs::PermissionsExt;
+            builder.permissions(std::fs::Permissions::from_mode(0o644));
+        }
+        let tmp = builder
             .tempfile_in(&parent)
             .map_err(|e| write_error(dest, e))?;
         Ok(AtomicFile {

@@ -72,18 +72,10 @@ fn float_of(name: &str, t: &SrcTensor) -> Result<Float> {
     }
 }
 
-fn check_finite(name: &str, f: Float, bytes: &[u8]) -> Result<()> {
-    let chunk = (CHUNK_BYTES / f.size()) * f.size();
-    let bad = bytes
-        .par_chunks(chunk)
-        .enumerate()
-        .find_map_first(|(i, c)| quant::first_non_finite(f, c).map(|j| i * (chunk / f.size()) + j));
-    match bad {
-        Some(i) => Err(Error::checkpoint(format!(
-            "tensor {name} has a NaN or infinite value at element {i}; the checkpoint is damaged (re-download it or fix the training run)"
-        ))),
-        None => Ok(()),
-    }
+fn non_finite(name: &str, i: usize) -> Error {
+    Error::checkpoint(format!(
+        "tensor {name} has a NaN or infinite value at element {i}; the checkpoint is damaged (re-download it or fix the training run)"
+    ))
 }
 
 /// Packs a checkpoint. `progress` is called with the number of input bytes just consumed.
@@ -172,6 +164,8 @@ pub fn pack<W: Write + Seek>(
             renamed.insert(canonical.clone(), Value::String(src_name.clone()));
         }
         let bytes = ck.bytes(t);
+        let shard = &ck.shards[t.shard];
+        let release = |a: usize, b: usize| shard.release(t.start + a, t.start + b);
         match role {
             Role::Projection => {
                 let (dtype, scale, data) = match scale_t {
@@ -189,9 +183,11 @@ pub fn pack<W: Write + Seek>(
                 } else {
                     opts.lm_head
                 };
-                write_float_tensor(&mut w, &canonical, t, bytes, store)?;
+                write_float_tensor(&mut w, &canonical, t, bytes, store, &release)?;
             }
-            Role::Norm => write_float_tensor(&mut w, &canonical, t, bytes, StoreAs::Keep)?,
+            Role::Norm => {
+                write_float_tensor(&mut w, &canonical, t, bytes, StoreAs::Keep, &release)?
+            }
         }
         ck.shards[t.shard].release(t.start, t.end);
         report.tensors += 1;
@@ -286,66 +282,67 @@ fn quantize_latent(
     kind: QuantKind,
 ) -> Result<(DType, Scale, Vec<u8>)> {
     let f = float_of(name, t)?;
-    check_finite(name, f, bytes)?;
     let (rows, k) = (t.shape[0] as usize, t.shape[1] as usize);
     let row_src = k * f.size();
+    let binary = kind == QuantKind::Binary;
     // Pass 1: sums over rows in parallel, added in row order so the result is deterministic.
     let partial: Vec<(f64, f64)> = bytes
         .par_chunks(row_src)
-        .map(|r| {
-            let mut x = vec![0f32; k];
-            quant::decode(f, r, &mut x);
-            x.iter().fold((0f64, 0f64), |(a, s), &v| {
-                (a + v.abs() as f64, s + v as f64)
-            })
-        })
+        .map_init(
+            || quant::RowScratch::new(k),
+            |sc, r| quant::row_sums(f, r, sc, binary),
+        )
         .collect();
     let (abs_sum, sum) = partial
         .iter()
         .fold((0f64, 0f64), |(a, s), p| (a + p.0, s + p.1));
+    if !abs_sum.is_finite() {
+        // only a NaN or an infinity gets here: name it
+        let i = quant::first_non_finite(f, bytes).unwrap_or(0);
+        return Err(non_finite(name, i));
+    }
     let n = (rows * k) as u64;
-    let dtype = match kind {
-        QuantKind::Ternary => DType::T2,
-        QuantKind::Binary => DType::B1,
+    let (dtype, rq, scale) = match kind {
+        QuantKind::Ternary => {
+            let s = quant::absmean_scale(abs_sum, n);
+            (
+                DType::T2,
+                quant::RowQuant::Ternary(s),
+                Scale {
+                    value: s,
+                    op: ScaleOp::Divide,
+                    source_dtype: DType::F32,
+                },
+            )
+        }
+        QuantKind::Binary => {
+            let beta = (abs_sum / n as f64) as f32;
+            if !(beta.is_finite() && beta > 0.0) {
+                return Err(Error::checkpoint(format!(
+                    "tensor {name} is all zeros: binary quantization needs mean|W| > 0"
+                )));
+            }
+            let mean = (sum / n as f64) as f32;
+            (
+                DType::B1,
+                quant::RowQuant::Binary(mean),
+                Scale {
+                    value: beta,
+                    op: ScaleOp::Multiply,
+                    source_dtype: DType::F32,
+                },
+            )
+        }
     };
     let row_out = dtype.row_bytes(k as u64).expect("small") as usize;
     let mut data = vec![0u8; rows * row_out];
-    let (scale, mean) = match kind {
-        QuantKind::Ternary => (quant::absmean_scale(abs_sum, n), 0.0),
-        QuantKind::Binary => ((abs_sum / n as f64) as f32, (sum / n as f64) as f32),
-    };
     data.par_chunks_mut(row_out)
         .zip(bytes.par_chunks(row_src))
-        .for_each(|(o, r)| {
-            let mut x = vec![0f32; k];
-            quant::decode(f, r, &mut x);
-            let codes: Vec<i8> = match kind {
-                QuantKind::Ternary => x.iter().map(|&v| quant::ternary(v, scale)).collect(),
-                QuantKind::Binary => x.iter().map(|&v| quant::binary(v, mean)).collect(),
-            };
-            match kind {
-                QuantKind::Ternary => quant::pack_t2_row(&codes, o),
-                QuantKind::Binary => quant::pack_b1_row(&codes, o),
-            }
-        });
-    if kind == QuantKind::Binary && !(scale.is_finite() && scale > 0.0) {
-        return Err(Error::checkpoint(format!(
-            "tensor {name} is all zeros: binary quantization needs mean|W| > 0"
-        )));
-    }
-    let op = match kind {
-        QuantKind::Ternary => ScaleOp::Divide,
-        QuantKind::Binary => ScaleOp::Multiply,
-    };
-    Ok((
-        dtype,
-        Scale {
-            value: scale,
-            op,
-            source_dtype: DType::F32,
-        },
-        data,
-    ))
+        .for_each_init(
+            || quant::RowScratch::new(k),
+            |sc, (o, r)| quant::quantize_row(f, r, rq, sc, o),
+        );
+    Ok((dtype, scale, data))
 }
 
 /// Re-packs a Hugging Face uint8 ternary weight `[out/4, in]` into T2, code for code.
@@ -404,42 +401,42 @@ fn repack_hf(
     Ok((DType::T2, scale, data))
 }
 
-/// Writes a float tensor as is, as f16, or as per-row int8 (plus its `.row_scale` companion).
+/// Writes a float tensor as is, as f16, or as per-row int8 (plus its `.row_scale` companion),
+/// chunk by chunk: each chunk is checked for NaN/Inf, written, and its source pages released,
+/// so memory stays flat however large the tensor.
 fn write_float_tensor<W: Write + Seek>(
     w: &mut Writer<W>,
     name: &str,
     t: &SrcTensor,
     bytes: &[u8],
     store: StoreAs,
+    release: &dyn Fn(usize, usize),
 ) -> Result<()> {
     let f = float_of(name, t)?;
-    check_finite(name, f, bytes)?;
     let k = *t.shape.last().expect("non-empty shape") as usize;
     let row_src = k * f.size();
-    let rows_per_chunk = (CHUNK_BYTES / row_src).max(1);
-    match store {
-        StoreAs::Keep => {
-            w.begin_tensor(name, f.dtype(), &t.shape, Scale::NONE)?;
-            for c in bytes.chunks(rows_per_chunk * row_src) {
-                w.write(c)?;
-            }
-            w.end_tensor()
+    let chunk = (CHUNK_BYTES / row_src).max(1) * row_src;
+    let dtype = match store {
+        StoreAs::Keep => f.dtype(),
+        StoreAs::F16 => DType::F16,
+        StoreAs::I8 => DType::I8,
+    };
+    let mut scales = Vec::new();
+    w.begin_tensor(name, dtype, &t.shape, Scale::NONE)?;
+    for (ci, c) in bytes.chunks(chunk).enumerate() {
+        if let Some(i) = quant::first_non_finite(f, c) {
+            return Err(non_finite(name, ci * (chunk / f.size()) + i));
         }
-        StoreAs::F16 => {
-            w.begin_tensor(name, DType::F16, &t.shape, Scale::NONE)?;
-            for c in bytes.chunks(rows_per_chunk * row_src) {
+        match store {
+            StoreAs::Keep => w.write(c)?,
+            StoreAs::F16 => {
                 let mut x = vec![0f32; c.len() / f.size()];
                 quant::decode(f, c, &mut x);
                 let mut o = Vec::with_capacity(x.len() * 2);
                 quant::encode(Float::F16, &x, &mut o);
                 w.write(&o)?;
             }
-            w.end_tensor()
-        }
-        StoreAs::I8 => {
-            let mut scales = Vec::new();
-            w.begin_tensor(name, DType::I8, &t.shape, Scale::NONE)?;
-            for c in bytes.chunks(rows_per_chunk * row_src) {
+            StoreAs::I8 => {
                 let rows: Vec<(Vec<u8>, f32)> = c
                     .par_chunks(row_src)
                     .map(|r| {
@@ -455,18 +452,22 @@ fn write_float_tensor<W: Write + Seek>(
                     scales.push(s);
                 }
             }
-            w.end_tensor()?;
-            let mut sb = Vec::with_capacity(scales.len() * 4);
-            quant::encode(Float::F32, &scales, &mut sb);
-            w.tensor(
-                &format!("{name}.row_scale"),
-                DType::F32,
-                &[scales.len() as u64],
-                Scale::NONE,
-                &sb,
-            )
         }
+        release(ci * chunk, ci * chunk + c.len());
     }
+    w.end_tensor()?;
+    if store == StoreAs::I8 {
+        let mut sb = Vec::with_capacity(scales.len() * 4);
+        quant::encode(Float::F32, &scales, &mut sb);
+        w.tensor(
+            &format!("{name}.row_scale"),
+            DType::F32,
+            &[scales.len() as u64],
+            Scale::NONE,
+            &sb,
+        )?;
+    }
+    Ok(())
 }
 
 /// BLAKE3 of every input file, for provenance. Large files are hashed through the checkpoint's

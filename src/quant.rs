@@ -39,6 +39,7 @@ impl Float {
 
 /// Decodes little-endian floats into f32 (exact for every source type). `bytes` need not be
 /// aligned: foreign safetensors files often are not.
+#[inline(always)]
 pub fn decode(src: Float, bytes: &[u8], out: &mut [f32]) {
     debug_assert_eq!(bytes.len(), out.len() * src.size());
     match src {
@@ -53,8 +54,9 @@ pub fn decode(src: Float, bytes: &[u8], out: &mut [f32]) {
             }
         }
         Float::BF16 => {
+            // bf16 is the top half of an f32: a shift, which the compiler vectorizes.
             for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-                *o = bf16::from_le_bytes([b[0], b[1]]).to_f32();
+                *o = f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16);
             }
         }
     }
@@ -75,6 +77,26 @@ pub fn first_non_finite(src: Float, bytes: &[u8]) -> Option<usize> {
     }
 }
 
+/// `(Σ|x|, Σx)` in f64, with eight independent accumulators so the loop vectorizes; the
+/// order is fixed, so the result is deterministic.
+#[inline(always)]
+pub fn sums_f64(x: &[f32]) -> (f64, f64) {
+    let mut a = [0f64; 8];
+    let mut s = [0f64; 8];
+    let mut chunks = x.chunks_exact(8);
+    for c in &mut chunks {
+        for i in 0..8 {
+            a[i] += c[i].abs() as f64;
+            s[i] += c[i] as f64;
+        }
+    }
+    for (i, &v) in chunks.remainder().iter().enumerate() {
+        a[i] += v.abs() as f64;
+        s[i] += v as f64;
+    }
+    (a.iter().sum(), s.iter().sum())
+}
+
 /// The absmean ternary scale as transformers' `WeightQuant` computes it in float32:
 /// `s = 1 / max(mean|W|, 1e-5)`. The mean is accumulated in f64 and rounded once, so it is the
 /// correctly rounded f32 mean; torch's own f32 reduction may differ from it by one ulp.
@@ -83,10 +105,20 @@ pub fn absmean_scale(abs_sum: f64, n: u64) -> f32 {
     1.0f32 / mean.max(1e-5)
 }
 
-/// Ternary code of one weight: `clamp(round_half_even(w * s), -1, 1)`.
+/// Rounds half to even without a libm call (`rintf` is not inlined on baseline x86-64):
+/// adding and subtracting 1.5·2^23 leaves the nearest integer under IEEE round-to-nearest-even,
+/// exact for |x| ≤ 2^22. Callers clamp first.
+#[inline(always)]
+fn round_half_even_small(x: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23
+    (x + MAGIC) - MAGIC
+}
+
+/// Ternary code of one weight: `clamp(round_half_even(w * s), -1, 1)`. Clamping to ±2 before
+/// rounding changes nothing (anything beyond ±1.5 ends at ±1 either way).
 #[inline]
 pub fn ternary(w: f32, s: f32) -> i8 {
-    (w * s).round_ties_even().clamp(-1.0, 1.0) as i8
+    round_half_even_small((w * s).clamp(-2.0, 2.0)).clamp(-1.0, 1.0) as i8
 }
 
 /// Binary code of one weight (arXiv 2310.11453): +1 if `w - mean > 0`, else -1.
@@ -100,16 +132,131 @@ pub fn binary(w: f32, mean: f32) -> i8 {
 }
 
 /// Packs one row of ternary values (-1, 0, +1) into T2 blocks (formats/bnet.md §4.1).
+#[inline(always)]
 pub fn pack_t2_row(codes: &[i8], out: &mut [u8]) {
     let blocks = codes.len().div_ceil(BLOCK as usize);
     debug_assert_eq!(out.len(), blocks * 64);
-    out.fill(0x55); // every field code 1: a zero weight, the required padding
-    for (i, &v) in codes.iter().enumerate() {
-        let (b, j) = (i / 256, i % 256);
-        let byte = b * 64 + j % 64;
-        let shift = 2 * (j / 64);
-        out[byte] = (out[byte] & !(3 << shift)) | (((v + 1) as u8) << shift);
+    for (b, block) in out.chunks_exact_mut(64).enumerate() {
+        let base = b * 256;
+        if base + 256 <= codes.len() {
+            let c = &codes[base..base + 256];
+            for (m, byte) in block.iter_mut().enumerate() {
+                *byte = (c[m] + 1) as u8
+                    | ((c[m + 64] + 1) as u8) << 2
+                    | ((c[m + 128] + 1) as u8) << 4
+                    | ((c[m + 192] + 1) as u8) << 6;
+            }
+        } else {
+            // the last, partial block: missing elements get code 1 (a zero weight)
+            let code = |i: usize| codes.get(base + i).map_or(1u8, |&v| (v + 1) as u8);
+            for (m, byte) in block.iter_mut().enumerate() {
+                *byte = code(m) | code(m + 64) << 2 | code(m + 128) << 4 | code(m + 192) << 6;
+            }
+        }
     }
+}
+
+/// Scratch buffers for quantizing one row.
+pub struct RowScratch {
+    x: Vec<f32>,
+    codes: Vec<i8>,
+}
+
+impl RowScratch {
+    pub fn new(k: usize) -> Self {
+        RowScratch {
+            x: vec![0.0; k],
+            codes: vec![0; k],
+        }
+    }
+}
+
+/// What to do with one latent row.
+#[derive(Clone, Copy, Debug)]
+pub enum RowQuant {
+    /// Absmean ternary with scale `s` (codes = clamp(round(w·s))).
+    Ternary(f32),
+    /// Sign binary around `mean`.
+    Binary(f32),
+}
+
+#[inline(always)]
+fn row_sums_generic(f: Float, src: &[u8], sc: &mut RowScratch, signed: bool) -> (f64, f64) {
+    decode(f, src, &mut sc.x);
+    if signed {
+        sums_f64(&sc.x)
+    } else {
+        (abs_sum_f64(&sc.x), 0.0)
+    }
+}
+
+#[inline(always)]
+fn abs_sum_f64(x: &[f32]) -> f64 {
+    let mut a = [0f64; 8];
+    let mut chunks = x.chunks_exact(8);
+    for c in &mut chunks {
+        for i in 0..8 {
+            a[i] += c[i].abs() as f64;
+        }
+    }
+    for (i, &v) in chunks.remainder().iter().enumerate() {
+        a[i] += v.abs() as f64;
+    }
+    a.iter().sum()
+}
+
+#[inline(always)]
+fn quantize_row_generic(f: Float, src: &[u8], q: RowQuant, sc: &mut RowScratch, out: &mut [u8]) {
+    decode(f, src, &mut sc.x);
+    match q {
+        RowQuant::Ternary(s) => {
+            sc.codes
+                .iter_mut()
+                .zip(&sc.x)
+                .for_each(|(c, &v)| *c = ternary(v, s));
+            pack_t2_row(&sc.codes, out)
+        }
+        RowQuant::Binary(mean) => {
+            sc.codes
+                .iter_mut()
+                .zip(&sc.x)
+                .for_each(|(c, &v)| *c = binary(v, mean));
+            pack_b1_row(&sc.codes, out)
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn row_sums_avx2(f: Float, src: &[u8], sc: &mut RowScratch, signed: bool) -> (f64, f64) {
+    row_sums_generic(f, src, sc, signed)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn quantize_row_avx2(f: Float, src: &[u8], q: RowQuant, sc: &mut RowScratch, out: &mut [u8]) {
+    quantize_row_generic(f, src, q, sc, out)
+}
+
+/// `(Σ|w|, Σw)` of one latent row (Σw only when `signed`), compiled for AVX2 when the CPU has
+/// it (the same arithmetic in the same order, so the result does not depend on the path).
+pub fn row_sums(f: Float, src: &[u8], sc: &mut RowScratch, signed: bool) -> (f64, f64) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2, checked just above.
+        return unsafe { row_sums_avx2(f, src, sc, signed) };
+    }
+    row_sums_generic(f, src, sc, signed)
+}
+
+/// Quantizes and packs one latent row (T2 or B1), compiled for AVX2 when available.
+pub fn quantize_row(f: Float, src: &[u8], q: RowQuant, sc: &mut RowScratch, out: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2, checked just above.
+        return unsafe { quantize_row_avx2(f, src, q, sc, out) };
+    }
+    quantize_row_generic(f, src, q, sc, out)
 }
 
 /// Unpacks one T2 row of `k` weights into ternary values.
@@ -121,6 +268,7 @@ pub fn unpack_t2_row(row: &[u8], out: &mut [i8]) {
 }
 
 /// Packs one row of binary values (-1, +1) into B1 blocks (formats/bnet.md §4.2).
+#[inline(always)]
 pub fn pack_b1_row(signs: &[i8], out: &mut [u8]) {
     debug_assert_eq!(out.len(), signs.len().div_ceil(BLOCK as usize) * 32);
     out.fill(0);
@@ -208,7 +356,7 @@ pub fn quantize_i8_row(x: &[f32], q: &mut [i8]) -> f32 {
     }
     let scale = max / 127.0;
     for (o, &v) in q.iter_mut().zip(x) {
-        *o = (v / scale).round_ties_even().clamp(-127.0, 127.0) as i8;
+        *o = round_half_even_small((v / scale).clamp(-127.0, 127.0)) as i8;
     }
     scale
 }
