@@ -25,3 +25,11 @@ pub fn progress_bar(total: u64, msg: &str, quiet: bool) -> ProgressBar {
     pb.set_message(msg.to_string());
     pb
 }
+
+/// Peak resident set size of this process in bytes (Linux `VmHWM`), for benchmark reports.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}

@@ -32,8 +32,11 @@ struct Args {
 }
 
 fn run(a: Args) -> Result<u8> {
+    let t = Instant::now();
     let f = BnetFile::open(&a.file).with_context(|| a.file.display().to_string())?;
+    let open_ms = t.elapsed().as_secs_f64() * 1e3;
     let mut summary = serde_json::to_value(Summary::new(&f, a.tensors))?;
+    summary["open_ms"] = open_ms.into();
     let text = Summary::new(&f, a.tensors).render();
     let mut code = EXIT_OK;
     let mut verify_text = String::new();

@@ -1,7 +1,7 @@
 //! bitnet-pack: Hugging Face checkpoint -> .bnet, or .bnet -> safetensors (by file types).
 
 use anyhow::{bail, Context, Result};
-use bitnet::cli::{progress_bar, EXIT_ERROR, EXIT_OK};
+use bitnet::cli::{peak_rss_bytes, progress_bar, EXIT_ERROR, EXIT_OK};
 use bitnet::format::{is_bnet, BnetFile};
 use bitnet::hf::{Checkpoint, Sources};
 use bitnet::output::AtomicFile;
@@ -102,6 +102,7 @@ fn run(a: Args) -> Result<()> {
             a.output.display()
         );
     }
+    let started = std::time::Instant::now();
     let mut out = AtomicFile::create(&a.output, a.force)?;
     let ck = Checkpoint::open(
         &a.input,
@@ -140,11 +141,16 @@ fn run(a: Args) -> Result<()> {
         .map_err(|e| bitnet::output::write_error(&dest, e.into_error()))?;
     out.commit()?;
     pb.finish_and_clear();
+    let secs = started.elapsed().as_secs_f64();
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        let mut j = serde_json::to_value(&report)?;
+        j["seconds"] = secs.into();
+        j["input_gb_per_s"] = (report.input_bytes as f64 / secs / 1e9).into();
+        j["peak_rss_bytes"] = peak_rss_bytes().into();
+        println!("{}", serde_json::to_string_pretty(&j)?);
     } else if !a.quiet {
         eprintln!(
-            "wrote {}: {} tensors, {} ({:.4} bits per quantized weight){}",
+            "wrote {}: {} tensors, {} ({:.4} bits per quantized weight) in {secs:.2} s{}",
             a.output.display(),
             report.tensors,
             bitnet::inspect::human(report.output_bytes),
