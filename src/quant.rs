@@ -114,11 +114,13 @@ fn round_half_even_small(x: f32) -> f32 {
     (x + MAGIC) - MAGIC
 }
 
-/// Ternary code of one weight: `clamp(round_half_even(w * s), -1, 1)`. Clamping to ±2 before
-/// rounding changes nothing (anything beyond ±1.5 ends at ±1 either way).
-#[inline]
+/// Ternary code of one weight: `clamp(round_half_even(w * s), -1, 1)`. With `x = w·s`, that is
+/// +1 for `x > 0.5`, −1 for `x < −0.5` and 0 otherwise (the ties ±0.5 round to even, 0, and
+/// everything from ±1.5 on clamps to ±1), written as two compares so it vectorizes.
+#[inline(always)]
 pub fn ternary(w: f32, s: f32) -> i8 {
-    round_half_even_small((w * s).clamp(-2.0, 2.0)).clamp(-1.0, 1.0) as i8
+    let x = w * s;
+    (x > 0.5) as i8 - (x < -0.5) as i8
 }
 
 /// Binary code of one weight (arXiv 2310.11453): +1 if `w - mean > 0`, else -1.
