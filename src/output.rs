@@ -92,3 +92,122 @@ pub fn write_error(dest: &Path, e: std::io::Error) -> Error {
     };
     Error::Output(format!("{}: {advice} ({e})", dest.display()))
 }
+
+/// Messages to the writer thread.
+enum Msg {
+    Data(Vec<u8>),
+    Seek(
+        std::io::SeekFrom,
+        std::sync::mpsc::SyncSender<std::io::Result<u64>>,
+    ),
+    Flush(std::sync::mpsc::SyncSender<std::io::Result<()>>),
+}
+
+/// A buffered writer whose `write` syscalls run on a thread of their own, so copying output
+/// into the page cache overlaps with quantizing and hashing the next tensor instead of
+/// stalling the worker threads. At most `DEPTH` buffers of `BUF` bytes are in flight.
+pub struct BackgroundWriter {
+    buf: Vec<u8>,
+    tx: Option<std::sync::mpsc::SyncSender<Msg>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl BackgroundWriter {
+    const BUF: usize = 4 << 20;
+    const DEPTH: usize = 4;
+
+    pub fn new<W: std::io::Write + std::io::Seek + Send + 'static>(mut w: W) -> Self {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Msg>(Self::DEPTH);
+        let thread = std::thread::spawn(move || {
+            let mut failed: Option<std::io::Error> = None;
+            for msg in rx {
+                match msg {
+                    Msg::Data(d) => {
+                        if failed.is_none() {
+                            failed = w.write_all(&d).err();
+                        }
+                    }
+                    Msg::Seek(pos, reply) => {
+                        let r = match failed.take() {
+                            Some(e) => Err(e),
+                            None => w.seek(pos),
+                        };
+                        let _ = reply.send(r);
+                    }
+                    Msg::Flush(reply) => {
+                        let r = match failed.take() {
+                            Some(e) => Err(e),
+                            None => w.flush(),
+                        };
+                        let _ = reply.send(r);
+                    }
+                }
+            }
+        });
+        BackgroundWriter {
+            buf: Vec::with_capacity(Self::BUF),
+            tx: Some(tx),
+            thread: Some(thread),
+        }
+    }
+
+    fn send(&mut self, m: Msg) -> std::io::Result<()> {
+        self.tx
+            .as_ref()
+            .and_then(|tx| tx.send(m).ok())
+            .ok_or_else(|| std::io::Error::other("writer thread stopped"))
+    }
+
+    fn send_buf(&mut self) -> std::io::Result<()> {
+        if !self.buf.is_empty() {
+            let full = std::mem::replace(&mut self.buf, Vec::with_capacity(Self::BUF));
+            self.send(Msg::Data(full))?;
+        }
+        Ok(())
+    }
+
+    fn ask<T>(
+        &mut self,
+        make: impl FnOnce(std::sync::mpsc::SyncSender<std::io::Result<T>>) -> Msg,
+    ) -> std::io::Result<T> {
+        self.send_buf()?;
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.send(make(tx))?;
+        rx.recv()
+            .unwrap_or_else(|_| Err(std::io::Error::other("writer thread stopped")))
+    }
+}
+
+impl std::io::Write for BackgroundWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len() + data.len() > Self::BUF {
+            self.send_buf()?;
+        }
+        if data.len() >= Self::BUF {
+            self.send(Msg::Data(data.to_vec()))?;
+        } else {
+            self.buf.extend_from_slice(data);
+        }
+        Ok(data.len())
+    }
+
+    /// Waits until every byte has been written; reports the first write error.
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.ask(Msg::Flush)
+    }
+}
+
+impl std::io::Seek for BackgroundWriter {
+    fn seek(&mut self, pos: std::io::SeekFrom) -> std::io::Result<u64> {
+        self.ask(|r| Msg::Seek(pos, r))
+    }
+}
+
+impl Drop for BackgroundWriter {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

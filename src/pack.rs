@@ -147,7 +147,39 @@ pub fn pack<W: Write + Seek>(
         }
     }
 
-    let sources = hash_sources(ck)?;
+    // Hash the input files for provenance on a thread of its own, overlapping the conversion.
+    let cancel = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let hasher = scope.spawn(|| hash_sources(ck, &cancel));
+        let res = convert(ck, plan, skipped, out, dest, opts, progress, || {
+            hasher.join().expect("the hashing thread does not panic")
+        });
+        cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+        res
+    })
+}
+
+type Plan<'a> = Vec<(
+    String,
+    String,
+    &'a SrcTensor,
+    Role,
+    Option<(String, &'a SrcTensor)>,
+)>;
+
+/// Writes the planned tensors, blobs and metadata; `sources` yields the provenance hashes.
+#[allow(clippy::too_many_arguments)]
+fn convert<W: Write + Seek>(
+    ck: &Checkpoint,
+    plan: Plan<'_>,
+    skipped: Vec<String>,
+    out: W,
+    dest: &Path,
+    opts: &PackOptions,
+    progress: &(dyn Fn(u64) + Sync),
+    sources: impl FnOnce() -> Result<Value>,
+) -> Result<(W, PackReport)> {
+    let cfg = &ck.config;
     let mut w = Writer::new(out, dest)?;
     let mut report = PackReport {
         family: ck.family.name().into(),
@@ -211,6 +243,7 @@ pub fn pack<W: Write + Seek>(
             nonempty(&data),
         )?;
     }
+    let sources = sources()?;
     let meta = json!({
         "format": "bnet",
         "format_version": format!("{}.{}", bnet::VERSION_MAJOR, bnet::VERSION_MINOR),
@@ -472,7 +505,7 @@ fn write_float_tensor<W: Write + Seek>(
 
 /// BLAKE3 of every input file, for provenance. Large files are hashed through the checkpoint's
 /// own mappings, window by window, releasing pages behind us to keep memory flat.
-fn hash_sources(ck: &Checkpoint) -> Result<Value> {
+fn hash_sources(ck: &Checkpoint, cancel: &std::sync::atomic::AtomicBool) -> Result<Value> {
     let mut out = Vec::new();
     let mut small = vec![("config.json".to_string(), ck.config_path.clone())];
     small.extend(ck.blobs.iter().cloned());
@@ -485,8 +518,11 @@ fn hash_sources(ck: &Checkpoint) -> Result<Value> {
         const WIN: usize = 64 << 20;
         let mut at = 0;
         while at < s.map.len() {
+            if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+                return Ok(Value::Null);
+            }
             let end = (at + WIN).min(s.map.len());
-            h.update_rayon(&s.map[at..end]);
+            h.update(&s.map[at..end]);
             s.release(at, end);
             at = end;
         }

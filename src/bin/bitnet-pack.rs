@@ -4,10 +4,10 @@ use anyhow::{bail, Context, Result};
 use bitnet::cli::{peak_rss_bytes, progress_bar, EXIT_ERROR, EXIT_OK};
 use bitnet::format::{is_bnet, BnetFile};
 use bitnet::hf::{Checkpoint, Sources};
-use bitnet::output::AtomicFile;
+use bitnet::output::{AtomicFile, BackgroundWriter};
 use bitnet::pack::{pack, unpack, PackOptions, QuantKind, StoreAs};
 use clap::{Parser, ValueEnum};
-use std::io::BufWriter;
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -135,10 +135,16 @@ fn run(a: Args) -> Result<()> {
         lm_head: a.lm_head.into(),
     };
     let dest = a.output.clone();
-    let sink = BufWriter::with_capacity(8 << 20, out.file());
-    let (sink, report) = pack(&ck, sink, &dest, &opts, &|n| pb.inc(n))?;
-    sink.into_inner()
-        .map_err(|e| bitnet::output::write_error(&dest, e.into_error()))?;
+    let file = out
+        .file()
+        .try_clone()
+        .map_err(|e| bitnet::output::write_error(&dest, e))?;
+    let (mut sink, report) = pack(&ck, BackgroundWriter::new(file), &dest, &opts, &|n| {
+        pb.inc(n)
+    })?;
+    sink.flush()
+        .map_err(|e| bitnet::output::write_error(&dest, e))?;
+    drop(sink);
     out.commit()?;
     pb.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
