@@ -10,6 +10,7 @@ pub mod error;
 pub mod format;
 pub mod hf;
 pub mod inspect;
+pub mod kernels;
 pub mod model;
 pub mod output;
 pub mod pack;

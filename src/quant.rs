@@ -109,7 +109,7 @@ pub fn absmean_scale(abs_sum: f64, n: u64) -> f32 {
 /// adding and subtracting 1.5·2^23 leaves the nearest integer under IEEE round-to-nearest-even,
 /// exact for |x| ≤ 2^22. Callers clamp first.
 #[inline(always)]
-fn round_half_even_small(x: f32) -> f32 {
+pub(crate) fn round_half_even_small(x: f32) -> f32 {
     const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23
     (x + MAGIC) - MAGIC
 }

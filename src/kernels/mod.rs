@@ -1,0 +1,131 @@
+//! Integer dot products of int8 activations with packed weights (T2 ternary, B1 binary), in
+//! scalar, AVX2 and AVX-512 VNNI versions. Every path computes the same exact i32 as the scalar
+//! one (tests/kernels.rs). The path is chosen once per process from the CPU's features, or
+//! forced with `BITNET_KERNEL=scalar|avx2|avx512` so CI can test each path on one machine.
+//!
+//! Activations are padded with zeros to a multiple of 256 so kernels run whole blocks; the
+//! packed padding codes are zero weights (formats/bnet.md §4), so padding contributes nothing.
+
+pub mod scalar;
+#[cfg(target_arch = "x86_64")]
+pub mod x86;
+
+use std::sync::OnceLock;
+
+/// A kernel path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernel {
+    Scalar,
+    Avx2,
+    Avx512,
+}
+
+impl Kernel {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Scalar => "scalar",
+            Kernel::Avx2 => "avx2",
+            Kernel::Avx512 => "avx512",
+        }
+    }
+
+    /// Whether this CPU can run the path.
+    pub fn available(self) -> bool {
+        match self {
+            Kernel::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => std::arch::is_x86_feature_detected!("avx2"),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => {
+                std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512bw")
+                    && std::arch::is_x86_feature_detected!("avx512vnni")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+
+    /// Every path this CPU can run, best last.
+    pub fn all_available() -> Vec<Kernel> {
+        [Kernel::Scalar, Kernel::Avx2, Kernel::Avx512]
+            .into_iter()
+            .filter(|k| k.available())
+            .collect()
+    }
+
+    /// The path for this process: `BITNET_KERNEL` if set (an unknown or unavailable value is
+    /// an error, never a silent fallback), else the best the CPU supports.
+    pub fn selected() -> Result<Kernel, String> {
+        static SEL: OnceLock<Result<Kernel, String>> = OnceLock::new();
+        SEL.get_or_init(|| match std::env::var("BITNET_KERNEL") {
+            Ok(v) => {
+                let k = match v.as_str() {
+                    "scalar" => Kernel::Scalar,
+                    "avx2" => Kernel::Avx2,
+                    "avx512" => Kernel::Avx512,
+                    other => return Err(format!(
+                        "BITNET_KERNEL={other:?} is not a kernel path; use scalar, avx2 or avx512"
+                    )),
+                };
+                if k.available() {
+                    Ok(k)
+                } else {
+                    Err(format!(
+                        "BITNET_KERNEL={v}: this CPU cannot run the {v} path"
+                    ))
+                }
+            }
+            Err(_) => Ok(*Kernel::all_available().last().expect("scalar always")),
+        })
+        .clone()
+    }
+
+    /// Σ code·a over a T2 row, where code ∈ {0, 1, 2} (weight + 1); the caller subtracts Σa.
+    /// `row` holds `n` blocks of 64 bytes and `act` `256·n` int8 values.
+    #[inline]
+    pub fn dot_t2_offset(self, row: &[u8], act: &[i8]) -> i32 {
+        debug_assert_eq!(row.len() * 4, act.len());
+        match self {
+            Kernel::Scalar => scalar::dot_t2_offset(row, act),
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `available()` was checked when the kernel was selected.
+            Kernel::Avx2 => unsafe { x86::dot_t2_offset_avx2(row, act) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            Kernel::Avx512 => unsafe { x86::dot_t2_offset_avx512(row, act) },
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => scalar::dot_t2_offset(row, act),
+        }
+    }
+
+    /// Σ a over the positions whose B1 bit is 1; the caller forms `2·that − Σa`.
+    #[inline]
+    pub fn dot_b1_ones(self, row: &[u8], act: &[i8]) -> i32 {
+        debug_assert_eq!(row.len() * 8, act.len());
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `available()` was checked when the kernel was selected.
+            Kernel::Avx2 | Kernel::Avx512 => unsafe { x86::dot_b1_ones_avx2(row, act) },
+            _ => scalar::dot_b1_ones(row, act),
+        }
+    }
+}
+
+/// Per-token absmax int8 quantization, as transformers computes it in float32:
+/// `s = 127 / max(max|x|, 1e-5)`, `q = clamp(round_half_even(x·s), −128, 127)`.
+/// Writes `q` (zero-padding the rest of `out`) and returns `(s, Σq)`.
+pub fn quantize_act(x: &[f32], out: &mut [i8]) -> (f32, i32) {
+    let max = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let s = 127.0f32 / max.max(1e-5);
+    let mut sum = 0i32;
+    for (o, &v) in out.iter_mut().zip(x) {
+        // clamping to the integer bounds first gives the same result and keeps the rounding
+        // inline (round_ties_even is a libm call on baseline x86-64)
+        let q = crate::quant::round_half_even_small((v * s).clamp(-128.0, 127.0)) as i8;
+        *o = q;
+        sum += q as i32;
+    }
+    out[x.len()..].fill(0);
+    (s, sum)
+}

@@ -1,0 +1,94 @@
+//! x86-64 kernels. AVX2: `maddubs` multiplies the unsigned codes (0..=2) by signed int8
+//! activations into i16 pairs (|pair| ≤ 2·2·128 = 512, no saturation) and `madd` with ones
+//! widens to i32 right away, so nothing can overflow. AVX-512 VNNI: `vpdpbusd` does both in one
+//! instruction into i32 lanes.
+
+use std::arch::x86_64::*;
+
+/// # Safety
+/// The CPU must support AVX2. `act.len() == 4 * row.len()`, `row.len()` a multiple of 64.
+#[target_feature(enable = "avx2")]
+pub unsafe fn dot_t2_offset_avx2(row: &[u8], act: &[i8]) -> i32 {
+    let mask = _mm256_set1_epi8(3);
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = _mm256_setzero_si256();
+    for (block, a) in row.chunks_exact(64).zip(act.chunks_exact(256)) {
+        for half in 0..2 {
+            // bytes 32h..32h+31 hold elements 32h + m + 64j
+            let v = _mm256_loadu_si256(block.as_ptr().add(32 * half) as *const __m256i);
+            for j in 0..4 {
+                let shifted = match j {
+                    0 => v,
+                    1 => _mm256_srli_epi16::<2>(v),
+                    2 => _mm256_srli_epi16::<4>(v),
+                    _ => _mm256_srli_epi16::<6>(v),
+                };
+                let codes = _mm256_and_si256(shifted, mask);
+                let x = _mm256_loadu_si256(a.as_ptr().add(64 * j + 32 * half) as *const __m256i);
+                let p = _mm256_maddubs_epi16(codes, x);
+                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, ones));
+            }
+        }
+    }
+    hsum_epi32_avx2(acc)
+}
+
+#[target_feature(enable = "avx2")]
+unsafe fn hsum_epi32_avx2(v: __m256i) -> i32 {
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+    _mm_cvtsi128_si32(s)
+}
+
+/// # Safety
+/// The CPU must support AVX-512 F, BW and VNNI. Same shape rules as the AVX2 version.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+pub unsafe fn dot_t2_offset_avx512(row: &[u8], act: &[i8]) -> i32 {
+    let mask = _mm512_set1_epi8(3);
+    let mut acc = _mm512_setzero_si512();
+    for (block, a) in row.chunks_exact(64).zip(act.chunks_exact(256)) {
+        // all 64 bytes: byte m holds elements m + 64j
+        let v = _mm512_loadu_si512(block.as_ptr() as *const _);
+        let c0 = _mm512_and_si512(v, mask);
+        let c1 = _mm512_and_si512(_mm512_srli_epi16::<2>(v), mask);
+        let c2 = _mm512_and_si512(_mm512_srli_epi16::<4>(v), mask);
+        let c3 = _mm512_and_si512(_mm512_srli_epi16::<6>(v), mask);
+        let p = a.as_ptr();
+        acc = _mm512_dpbusd_epi32(acc, c0, _mm512_loadu_si512(p as *const _));
+        acc = _mm512_dpbusd_epi32(acc, c1, _mm512_loadu_si512(p.add(64) as *const _));
+        acc = _mm512_dpbusd_epi32(acc, c2, _mm512_loadu_si512(p.add(128) as *const _));
+        acc = _mm512_dpbusd_epi32(acc, c3, _mm512_loadu_si512(p.add(192) as *const _));
+    }
+    _mm512_reduce_add_epi32(acc)
+}
+
+/// # Safety
+/// The CPU must support AVX2. `act.len() == 8 * row.len()`, `row.len()` a multiple of 32.
+#[target_feature(enable = "avx2")]
+pub unsafe fn dot_b1_ones_avx2(row: &[u8], act: &[i8]) -> i32 {
+    let ones = _mm256_set1_epi16(1);
+    let one8 = _mm256_set1_epi8(1);
+    let mut acc = _mm256_setzero_si256();
+    for (block, a) in row.chunks_exact(32).zip(act.chunks_exact(256)) {
+        let v = _mm256_loadu_si256(block.as_ptr() as *const __m256i);
+        for j in 0..8 {
+            // bit j of each byte as 0/1 bytes
+            let bits = match j {
+                0 => v,
+                1 => _mm256_srli_epi16::<1>(v),
+                2 => _mm256_srli_epi16::<2>(v),
+                3 => _mm256_srli_epi16::<3>(v),
+                4 => _mm256_srli_epi16::<4>(v),
+                5 => _mm256_srli_epi16::<5>(v),
+                6 => _mm256_srli_epi16::<6>(v),
+                _ => _mm256_srli_epi16::<7>(v),
+            };
+            let b = _mm256_and_si256(bits, one8);
+            let x = _mm256_loadu_si256(a.as_ptr().add(32 * j) as *const __m256i);
+            let p = _mm256_maddubs_epi16(b, x);
+            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, ones));
+        }
+    }
+    hsum_epi32_avx2(acc)
+}

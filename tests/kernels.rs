@@ -1,0 +1,99 @@
+//! Every kernel path this CPU can run equals the scalar oracle exactly, and the scalar oracle
+//! equals the definition (unpack, then Σ w·a).
+
+use bitnet::kernels::{quantize_act, scalar, Kernel};
+use bitnet::quant::{pack_b1_row, pack_t2_row, unpack_b1_row, unpack_t2_row};
+use proptest::prelude::*;
+
+fn acts() -> impl Strategy<Value = (usize, Vec<i8>)> {
+    (1usize..12).prop_flat_map(|blocks| {
+        let extreme = prop_oneof![Just(-128i8), Just(127i8), Just(0i8), any::<i8>()];
+        (
+            Just(blocks),
+            proptest::collection::vec(extreme, blocks * 256),
+        )
+    })
+}
+
+#[test]
+fn paths_under_test() {
+    let all = Kernel::all_available();
+    eprintln!(
+        "kernel paths on this CPU: {:?}",
+        all.iter().map(|k| k.name()).collect::<Vec<_>>()
+    );
+    if !Kernel::Avx512.available() {
+        eprintln!(
+            "NOTE: this CPU has no AVX-512 VNNI: the avx512 path is compiled but NOT tested here"
+        );
+    }
+    assert!(all.contains(&Kernel::Scalar));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    #[test]
+    fn t2_paths_equal_scalar_and_definition((blocks, a) in acts(), seed in any::<u64>(), k_cut in 0usize..256) {
+        let k = blocks * 256 - k_cut.min(255);
+        let codes: Vec<i8> = (0..k).map(|i| ((seed.rotate_left(i as u32 % 64) ^ i as u64) % 3) as i8 - 1).collect();
+        let mut row = vec![0u8; blocks * 64];
+        pack_t2_row(&codes, &mut row);
+        let mut act = a.clone();
+        act[k..].fill(0); // activations are zero-padded past k
+        let want: i32 = codes.iter().zip(&act).map(|(&w, &x)| (w as i32 + 1) * x as i32).sum();
+        prop_assert_eq!(scalar::dot_t2_offset(&row, &act), want);
+        for kern in Kernel::all_available() {
+            prop_assert_eq!(kern.dot_t2_offset(&row, &act), want, "{}", kern.name());
+        }
+        let mut back = vec![0i8; k];
+        unpack_t2_row(&row, &mut back);
+        prop_assert_eq!(back, codes);
+    }
+
+    #[test]
+    fn b1_paths_equal_scalar_and_definition((blocks, a) in acts(), seed in any::<u64>(), k_cut in 0usize..256) {
+        let k = blocks * 256 - k_cut.min(255);
+        let signs: Vec<i8> = (0..k).map(|i| if (seed.rotate_left(i as u32 % 64) ^ (i as u64 * 31)) & 1 == 1 { 1 } else { -1 }).collect();
+        let mut row = vec![0u8; blocks * 32];
+        pack_b1_row(&signs, &mut row);
+        let mut act = a.clone();
+        act[k..].fill(0);
+        let want: i32 = signs.iter().zip(&act).filter(|(&w, _)| w > 0).map(|(_, &x)| x as i32).sum();
+        prop_assert_eq!(scalar::dot_b1_ones(&row, &act), want);
+        for kern in Kernel::all_available() {
+            prop_assert_eq!(kern.dot_b1_ones(&row, &act), want, "{}", kern.name());
+        }
+        let mut back = vec![0i8; k];
+        unpack_b1_row(&row, &mut back);
+        prop_assert_eq!(back, signs);
+    }
+
+    #[test]
+    fn activation_quantization_matches_the_formula(x in proptest::collection::vec(-50.0f32..50.0, 1..300)) {
+        let mut q = vec![0i8; x.len().div_ceil(256) * 256];
+        let (s, sum) = quantize_act(&x, &mut q);
+        let max = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+        prop_assert_eq!(s, 127.0 / max.max(1e-5));
+        for (i, &v) in x.iter().enumerate() {
+            prop_assert_eq!(q[i], (v * s).round_ties_even().clamp(-128.0, 127.0) as i8);
+        }
+        prop_assert!(q[x.len()..].iter().all(|&v| v == 0));
+        prop_assert_eq!(sum, q.iter().map(|&v| v as i32).sum::<i32>());
+    }
+}
+
+/// The largest possible magnitudes: every code 2 against -128 / 127 over many blocks.
+#[test]
+fn extremes_do_not_overflow() {
+    for blocks in [1usize, 10, 40] {
+        let row = vec![0xAAu8; blocks * 64]; // every field code 2 (+1)
+        for v in [-128i8, 127] {
+            let act = vec![v; blocks * 256];
+            let want = 2 * v as i32 * (blocks * 256) as i32;
+            for kern in Kernel::all_available() {
+                assert_eq!(kern.dot_t2_offset(&row, &act), want, "{}", kern.name());
+            }
+        }
+    }
+}
