@@ -15,6 +15,7 @@ pub mod model;
 pub mod output;
 pub mod pack;
 pub mod quant;
+pub mod runner;
 pub mod synth;
 
 pub use error::{Error, Result};

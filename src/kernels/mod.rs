@@ -64,9 +64,11 @@ impl Kernel {
                     "scalar" => Kernel::Scalar,
                     "avx2" => Kernel::Avx2,
                     "avx512" => Kernel::Avx512,
-                    other => return Err(format!(
+                    other => {
+                        return Err(format!(
                         "BITNET_KERNEL={other:?} is not a kernel path; use scalar, avx2 or avx512"
-                    )),
+                    ))
+                    }
                 };
                 if k.available() {
                     Ok(k)

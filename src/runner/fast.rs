@@ -1,0 +1,217 @@
+//! The fast runner: SIMD integer kernels reading packed weights straight from the mapping,
+//! a KV cache, prompts processed as a batch (every weight row is read once for all prompt
+//! tokens) and decode as matrix-vector, multithreaded over output rows with rayon.
+
+use super::ops::{gated, rms_norm, rope, rope_inv_freq, softmax};
+use super::weights::{Linear, Weights};
+use crate::error::Result;
+use crate::kernels::{quantize_act, Kernel};
+use rayon::prelude::*;
+
+/// int8 activations of a batch of tokens, quantized once and shared by every projection that
+/// reads the same input.
+pub struct QuantizedBatch {
+    q: Vec<i8>,
+    k_pad: usize,
+    scales: Vec<f32>,
+    sums: Vec<i32>,
+}
+
+impl QuantizedBatch {
+    pub fn new(x: &[f32], k: usize) -> Self {
+        let t = x.len() / k;
+        let k_pad = k.div_ceil(256) * 256;
+        let mut q = vec![0i8; t * k_pad];
+        let (mut scales, mut sums) = (Vec::with_capacity(t), Vec::with_capacity(t));
+        for (xt, qt) in x.chunks_exact(k).zip(q.chunks_exact_mut(k_pad)) {
+            let (s, sum) = quantize_act(xt, qt);
+            scales.push(s);
+            sums.push(sum);
+        }
+        QuantizedBatch {
+            q,
+            k_pad,
+            scales,
+            sums,
+        }
+    }
+    fn tokens(&self) -> usize {
+        self.scales.len()
+    }
+}
+
+/// `Y[t, r] = W[r] · x[t]` for the batch, parallel over row blocks.
+pub fn matmul(kern: Kernel, l: &Linear, a: &QuantizedBatch) -> Vec<f32> {
+    debug_assert_eq!(a.k_pad, l.k_padded());
+    let t = a.tokens();
+    let mut yt = vec![0f32; l.rows * t]; // [row][token]
+    const ROWS: usize = 16;
+    yt.par_chunks_mut(ROWS * t)
+        .enumerate()
+        .for_each(|(c, out)| {
+            for (i, o) in out.chunks_exact_mut(t).enumerate() {
+                let row = l.row(c * ROWS + i);
+                for (tok, y) in o.iter_mut().enumerate() {
+                    let act = &a.q[tok * a.k_pad..(tok + 1) * a.k_pad];
+                    let d = match l.dtype {
+                        crate::format::bnet::DType::T2 => {
+                            kern.dot_t2_offset(row, act) - a.sums[tok]
+                        }
+                        _ => 2 * kern.dot_b1_ones(row, act) - a.sums[tok],
+                    };
+                    *y = l.finish(d, a.scales[tok]);
+                }
+            }
+        });
+    if t == 1 {
+        return yt;
+    }
+    let mut y = vec![0f32; l.rows * t];
+    for r in 0..l.rows {
+        for tok in 0..t {
+            y[tok * l.rows + r] = yt[r * t + tok];
+        }
+    }
+    y
+}
+
+/// A generation session: the KV cache of one sequence.
+pub struct Session<'w, 'a> {
+    w: &'w Weights<'a>,
+    kern: Kernel,
+    inv_freq: Vec<f32>,
+    /// Per layer: keys and values `[position][kv_heads · head_dim]`, flattened.
+    k_cache: Vec<Vec<f32>>,
+    v_cache: Vec<Vec<f32>>,
+    pos: usize,
+}
+
+impl<'w, 'a> Session<'w, 'a> {
+    pub fn new(w: &'w Weights<'a>, kern: Kernel) -> Self {
+        let n = w.layers.len();
+        Session {
+            inv_freq: rope_inv_freq(w.cfg.rope_theta, w.cfg.head_dim as usize),
+            w,
+            kern,
+            k_cache: vec![Vec::new(); n],
+            v_cache: vec![Vec::new(); n],
+            pos: 0,
+        }
+    }
+
+    /// Tokens processed so far.
+    pub fn len(&self) -> usize {
+        self.pos
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pos == 0
+    }
+
+    /// Appends `ids` and returns the logits of every new position (`all`) or of the last.
+    pub fn forward(&mut self, ids: &[u32], all: bool) -> Result<Vec<Vec<f32>>> {
+        super::check_ids(&self.w.cfg, ids)?;
+        let c = &self.w.cfg;
+        if self.pos + ids.len() > c.max_position_embeddings as usize {
+            return Err(crate::Error::Usage(format!(
+                "{} tokens exceed the model's context of {} (max_position_embeddings)",
+                self.pos + ids.len(),
+                c.max_position_embeddings
+            )));
+        }
+        let (hd, nh, nkv) = (
+            c.head_dim as usize,
+            c.num_attention_heads as usize,
+            c.num_key_value_heads as usize,
+        );
+        let (hidden, eps, t) = (c.hidden_size as usize, c.rms_norm_eps as f32, ids.len());
+        let scale = (hd as f64).powf(-0.5) as f32;
+        let kern = self.kern;
+        let mut x = vec![0f32; t * hidden];
+        for (xt, &id) in x.chunks_exact_mut(hidden).zip(ids) {
+            self.w.embed.row(id as usize, xt);
+        }
+        let norm_rows = |x: &[f32], g: &[f32], k: usize| {
+            let mut o = vec![0f32; x.len()];
+            for (xt, ot) in x.chunks_exact(k).zip(o.chunks_exact_mut(k)) {
+                rms_norm(xt, g, eps, ot);
+            }
+            o
+        };
+        for (li, layer) in self.w.layers.iter().enumerate() {
+            let xn = QuantizedBatch::new(&norm_rows(&x, &layer.input_norm, hidden), hidden);
+            let mut q = matmul(kern, &layer.q, &xn);
+            let mut k = matmul(kern, &layer.k, &xn);
+            let v = matmul(kern, &layer.v, &xn);
+            for (i, (qt, kt)) in q
+                .chunks_exact_mut(nh * hd)
+                .zip(k.chunks_exact_mut(nkv * hd))
+                .enumerate()
+            {
+                qt.chunks_exact_mut(hd)
+                    .for_each(|h| rope(h, self.pos + i, &self.inv_freq));
+                kt.chunks_exact_mut(hd)
+                    .for_each(|h| rope(h, self.pos + i, &self.inv_freq));
+            }
+            self.k_cache[li].extend_from_slice(&k);
+            self.v_cache[li].extend_from_slice(&v);
+            let (kc, vc) = (&self.k_cache[li], &self.v_cache[li]);
+            let mut attn = vec![0f32; t * nh * hd];
+            let pos0 = self.pos;
+            attn.par_chunks_mut(hd).enumerate().for_each(|(i, out)| {
+                let (tok, h) = (i / nh, i % nh);
+                let kvh = h / (nh / nkv);
+                let qh = &q[tok * nh * hd + h * hd..][..hd];
+                let n = pos0 + tok + 1;
+                let mut p: Vec<f32> = (0..n)
+                    .map(|s| super::ops::dot(qh, &kc[s * nkv * hd + kvh * hd..][..hd]) * scale)
+                    .collect();
+                softmax(&mut p);
+                for (s, ps) in p.iter().enumerate() {
+                    let vs = &vc[s * nkv * hd + kvh * hd..][..hd];
+                    for (o, &vv) in out.iter_mut().zip(vs) {
+                        *o += ps * vv;
+                    }
+                }
+            });
+            if let Some(g) = &layer.attn_sub_norm {
+                attn = norm_rows(&attn, g, nh * hd);
+            }
+            let o = matmul(kern, &layer.o, &QuantizedBatch::new(&attn, nh * hd));
+            x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+            let xn = QuantizedBatch::new(&norm_rows(&x, &layer.post_norm, hidden), hidden);
+            let g = matmul(kern, &layer.gate, &xn);
+            let u = matmul(kern, &layer.up, &xn);
+            let ff = layer.gate.rows;
+            let mut m = vec![0f32; g.len()];
+            gated(self.w.activation(), &g, &u, &mut m);
+            if let Some(s) = &layer.ffn_sub_norm {
+                m = norm_rows(&m, s, ff);
+            }
+            let d = matmul(kern, &layer.down, &QuantizedBatch::new(&m, ff));
+            x.iter_mut().zip(&d).for_each(|(a, b)| *a += b);
+        }
+        self.pos += t;
+        let first = if all { 0 } else { t - 1 };
+        let h = norm_rows(&x[first * hidden..], &self.w.norm, hidden);
+        Ok(h.chunks_exact(hidden)
+            .map(|ht| lm_head(self.w, ht))
+            .collect())
+    }
+}
+
+/// Logits of one hidden state, parallel over vocabulary rows.
+pub fn lm_head(w: &Weights, h: &[f32]) -> Vec<f32> {
+    let head = &w.lm_head;
+    let mut out = vec![0f32; head.rows];
+    out.par_chunks_mut(256).enumerate().for_each_init(
+        || vec![0f32; head.k],
+        |row, (c, o)| {
+            for (i, y) in o.iter_mut().enumerate() {
+                head.row(c * 256 + i, row);
+                *y = super::ops::dot(row, h);
+            }
+        },
+    );
+    out
+}

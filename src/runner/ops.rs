@@ -1,0 +1,65 @@
+//! The float operations of the forward pass, written as transformers computes them in float32.
+//! Both the reference and the fast runner use these; they differ in how they compute the
+//! integer dot products, in caching and in parallelism.
+
+use crate::model::Activation;
+
+/// RMSNorm: `x · 1/sqrt(mean(x²) + eps)`, then times the weight.
+pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let ms = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let r = 1.0 / (ms + eps).sqrt();
+    for ((o, &v), &g) in out.iter_mut().zip(x).zip(w) {
+        *o = g * (v * r);
+    }
+}
+
+/// `inv_freq[i] = 1 / θ^(2i/d)` in f32, as transformers' default RoPE computes it.
+pub fn rope_inv_freq(theta: f64, head_dim: usize) -> Vec<f32> {
+    (0..head_dim / 2)
+        .map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / head_dim as f32))
+        .collect()
+}
+
+/// Rotates one head in place at position `pos` (NeoX / `rotate_half` pairing: i with i + d/2).
+pub fn rope(x: &mut [f32], pos: usize, inv_freq: &[f32]) {
+    let half = inv_freq.len();
+    for (i, &f) in inv_freq.iter().enumerate() {
+        let angle = pos as f32 * f;
+        let (sin, cos) = angle.sin_cos();
+        let (a, b) = (x[i], x[i + half]);
+        x[i] = a * cos + (-b) * sin;
+        x[i + half] = b * cos + a * sin;
+    }
+}
+
+/// In-place softmax in f32.
+pub fn softmax(x: &mut [f32]) {
+    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let mut sum = 0.0;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    for v in x.iter_mut() {
+        *v /= sum;
+    }
+}
+
+/// `act(gate) · up`.
+pub fn gated(act: Activation, gate: &[f32], up: &[f32], out: &mut [f32]) {
+    for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+        let a = match act {
+            Activation::Relu2 => {
+                let r = g.max(0.0);
+                r * r
+            }
+            Activation::Silu => g / (1.0 + (-g).exp()),
+        };
+        *o = a * u;
+    }
+}
+
+/// Dot product of two f32 slices.
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}

@@ -1,0 +1,212 @@
+//! The model's tensors as views into a mapped `.bnet` file: packed projections are used in
+//! place (never copied to the heap); only the small norm vectors are decoded to f32.
+
+use crate::error::{Error, Result};
+use crate::format::bnet::{DType, Scale};
+use crate::format::BnetFile;
+use crate::model::{Activation, ModelConfig};
+use crate::quant::{self, Float};
+
+/// A quantized projection `[rows, k]` (T2 or B1), read straight from the mapping.
+pub struct Linear<'a> {
+    pub data: &'a [u8],
+    pub dtype: DType,
+    pub rows: usize,
+    pub k: usize,
+    pub row_bytes: usize,
+    pub scale: Scale,
+}
+
+impl Linear<'_> {
+    pub fn row(&self, r: usize) -> &[u8] {
+        &self.data[r * self.row_bytes..(r + 1) * self.row_bytes]
+    }
+    /// Activations are padded to this many int8 values (whole 256-weight blocks).
+    pub fn k_padded(&self) -> usize {
+        self.k.div_ceil(256) * 256
+    }
+    /// Turns an exact integer dot product into the layer's output, as the checkpoint's own
+    /// arithmetic does (formats/bnet.md §5): `divide` (BitLinear, absmean s) computes
+    /// `dot / (s_a · scale)`, `multiply` (AutoBitLinear offline, binary β) `dot / s_a · scale`.
+    #[inline]
+    pub fn finish(&self, dot: i32, s_a: f32) -> f32 {
+        match self.scale.op {
+            crate::format::bnet::ScaleOp::Divide => dot as f32 / (s_a * self.scale.value),
+            _ => dot as f32 / s_a * self.scale.value,
+        }
+    }
+}
+
+/// A float (or per-row int8) matrix: embeddings and lm_head.
+pub struct Dense<'a> {
+    pub data: &'a [u8],
+    pub dtype: DType,
+    pub rows: usize,
+    pub k: usize,
+    pub row_scale: Option<&'a [u8]>,
+}
+
+impl Dense<'_> {
+    /// Row `r` decoded to f32.
+    pub fn row(&self, r: usize, out: &mut [f32]) {
+        match self.dtype {
+            DType::I8 => {
+                let s = self.row_scale.expect("I8 tensors carry row scales");
+                let scale = f32::from_le_bytes(s[4 * r..4 * r + 4].try_into().expect("4"));
+                for (o, &q) in out.iter_mut().zip(&self.data[r * self.k..(r + 1) * self.k]) {
+                    *o = q as i8 as f32 * scale;
+                }
+            }
+            d => {
+                let f = Float::from_dtype(d).expect("float dtype");
+                let n = self.k * f.size();
+                quant::decode(f, &self.data[r * n..(r + 1) * n], out);
+            }
+        }
+    }
+}
+
+pub struct Layer<'a> {
+    pub input_norm: Vec<f32>,
+    pub post_norm: Vec<f32>,
+    pub attn_sub_norm: Option<Vec<f32>>,
+    pub ffn_sub_norm: Option<Vec<f32>>,
+    pub q: Linear<'a>,
+    pub k: Linear<'a>,
+    pub v: Linear<'a>,
+    pub o: Linear<'a>,
+    pub gate: Linear<'a>,
+    pub up: Linear<'a>,
+    pub down: Linear<'a>,
+}
+
+/// Everything a forward pass needs.
+pub struct Weights<'a> {
+    pub cfg: ModelConfig,
+    pub embed: Dense<'a>,
+    pub layers: Vec<Layer<'a>>,
+    pub norm: Vec<f32>,
+    /// The embeddings again when tied.
+    pub lm_head: Dense<'a>,
+}
+
+fn missing(name: &str) -> Error {
+    Error::format(format!(
+        "tensor {name} is missing from the container; re-pack the model with bitnet-pack"
+    ))
+}
+
+impl<'a> Weights<'a> {
+    pub fn load(f: &'a BnetFile) -> Result<Weights<'a>> {
+        let cfg: ModelConfig = serde_json::from_value(
+            f.index.meta.get("model").cloned().unwrap_or_default(),
+        )
+        .map_err(|e| {
+            Error::format(format!(
+                "the container's model configuration is unusable ({e}); re-pack the model with this version of bitnet-pack"
+            ))
+        })?;
+        if !cfg.rope_scaling.is_null() {
+            return Err(Error::Usage(format!(
+                "RoPE scaling {} is not supported by the runner yet",
+                cfg.rope_scaling
+            )));
+        }
+        let entry = |name: &str| f.index.get(name).ok_or_else(|| missing(name));
+        let linear = |name: &str, rows: u64, k: u64| -> Result<Linear<'a>> {
+            let e = entry(name)?;
+            if !e.dtype.is_packed() || e.shape != [rows, k] {
+                return Err(Error::format(format!(
+                    "{name} is {} {:?}; expected a packed [{rows}, {k}] weight",
+                    e.dtype.name(),
+                    e.shape
+                )));
+            }
+            Ok(Linear {
+                data: f.data(e),
+                dtype: e.dtype,
+                rows: rows as usize,
+                k: k as usize,
+                row_bytes: e.dtype.row_bytes(k).expect("checked at open") as usize,
+                scale: e.scale,
+            })
+        };
+        let vector = |name: &str, n: u64| -> Result<Vec<f32>> {
+            let e = entry(name)?;
+            let fl = Float::from_dtype(e.dtype)
+                .filter(|_| e.shape == [n])
+                .ok_or_else(|| {
+                    Error::format(format!("{name} must be a float vector of {n} values"))
+                })?;
+            let mut v = vec![0f32; n as usize];
+            quant::decode(fl, f.data(e), &mut v);
+            Ok(v)
+        };
+        let dense = |name: &str, rows: u64, k: u64| -> Result<Dense<'a>> {
+            let e = entry(name)?;
+            if e.shape != [rows, k]
+                || !matches!(e.dtype, DType::F32 | DType::F16 | DType::BF16 | DType::I8)
+            {
+                return Err(Error::format(format!(
+                    "{name} is {} {:?}; expected a float or int8 [{rows}, {k}] matrix",
+                    e.dtype.name(),
+                    e.shape
+                )));
+            }
+            let row_scale = match e.dtype {
+                DType::I8 => Some(f.data(entry(&format!("{name}.row_scale"))?)),
+                _ => None,
+            };
+            Ok(Dense {
+                data: f.data(e),
+                dtype: e.dtype,
+                rows: rows as usize,
+                k: k as usize,
+                row_scale,
+            })
+        };
+        let (h, ff, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
+        let q = cfg.num_attention_heads * cfg.head_dim;
+        let kv = cfg.num_key_value_heads * cfg.head_dim;
+        let mut layers = Vec::new();
+        for i in 0..cfg.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            layers.push(Layer {
+                input_norm: vector(&format!("{p}.input_layernorm.weight"), h)?,
+                post_norm: vector(&format!("{p}.post_attention_layernorm.weight"), h)?,
+                attn_sub_norm: cfg
+                    .sub_norms
+                    .then(|| vector(&format!("{p}.self_attn.attn_sub_norm.weight"), q))
+                    .transpose()?,
+                ffn_sub_norm: cfg
+                    .sub_norms
+                    .then(|| vector(&format!("{p}.mlp.ffn_sub_norm.weight"), ff))
+                    .transpose()?,
+                q: linear(&format!("{p}.self_attn.q_proj.weight"), q, h)?,
+                k: linear(&format!("{p}.self_attn.k_proj.weight"), kv, h)?,
+                v: linear(&format!("{p}.self_attn.v_proj.weight"), kv, h)?,
+                o: linear(&format!("{p}.self_attn.o_proj.weight"), h, q)?,
+                gate: linear(&format!("{p}.mlp.gate_proj.weight"), ff, h)?,
+                up: linear(&format!("{p}.mlp.up_proj.weight"), ff, h)?,
+                down: linear(&format!("{p}.mlp.down_proj.weight"), h, ff)?,
+            });
+        }
+        let embed = dense("model.embed_tokens.weight", v, h)?;
+        let lm_head = if cfg.tie_word_embeddings {
+            dense("model.embed_tokens.weight", v, h)?
+        } else {
+            dense("lm_head.weight", v, h)?
+        };
+        Ok(Weights {
+            norm: vector("model.norm.weight", h)?,
+            embed,
+            layers,
+            lm_head,
+            cfg,
+        })
+    }
+
+    pub fn activation(&self) -> Activation {
+        self.cfg.hidden_act
+    }
+}
