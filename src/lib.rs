@@ -17,5 +17,6 @@ pub mod pack;
 pub mod quant;
 pub mod runner;
 pub mod synth;
+pub mod tokenizer;
 
 pub use error::{Error, Result};

@@ -1,9 +1,11 @@
 //! Running a packed model: weights as views into the mapping ([`weights`]), the float
 //! operations ([`ops`]), the f32 reference ([`reference`]) and the fast runner ([`fast`]).
 
+pub mod compare;
 pub mod fast;
 pub mod ops;
 pub mod reference;
+pub mod sample;
 pub mod weights;
 
 use crate::error::{Error, Result};

@@ -1,0 +1,196 @@
+//! bitnet-verify: the fast runner against the f32 reference on the same tokens.
+
+use anyhow::{Context, Result};
+use bitnet::cli::{EXIT_ERROR, EXIT_FAILED, EXIT_OK};
+use bitnet::format::BnetFile;
+use bitnet::kernels::Kernel;
+use bitnet::runner::compare::{compare, summarize};
+use bitnet::runner::{fast::Session, reference, weights::Weights};
+use bitnet::tokenizer::Tokenizer;
+use clap::Parser;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Check the fast runner against the f32 reference on the same tokens",
+    long_about = "Runs the SIMD runner and the plain f32 reference (which mirrors transformers) on the same token \
+sequence: the prompt, then --tokens greedy tokens of the reference. Reports max |delta logit|, KL divergence, \
+top-1 agreement, top-5 overlap and RMS delta-p per position and in summary, and whether the greedy \
+continuations are identical.\n\nExit codes: 0 within tolerance, 1 outside, 2 error.\n\
+The kernel path is the best this CPU has; BITNET_KERNEL=scalar|avx2|avx512 forces one."
+)]
+struct Args {
+    /// The .bnet model
+    model: PathBuf,
+    /// Prompt text (tokenized with the container's tokenizer)
+    #[arg(long, required_unless_present = "ids")]
+    prompt: Option<String>,
+    /// Token ids instead of a prompt, comma separated
+    #[arg(long, value_delimiter = ',', conflicts_with = "prompt")]
+    ids: Option<Vec<u32>>,
+    /// Greedy tokens of the reference appended to the prompt
+    #[arg(long, default_value_t = 16)]
+    tokens: usize,
+    /// Tolerance: largest |delta logit| at any position. Default 0.15: int8 rounding-boundary
+    /// flips between two correct float32 implementations reach ~0.1 on small models.
+    #[arg(long, default_value_t = 0.15)]
+    max_delta: f32,
+    /// Tolerance: mean KL(reference || fast) in nats
+    #[arg(long, default_value_t = 1e-4)]
+    max_kl: f64,
+    /// Print every position
+    #[arg(long)]
+    per_position: bool,
+    /// JSON report on stdout
+    #[arg(long)]
+    json: bool,
+}
+
+fn argmax(x: &[f32]) -> u32 {
+    bitnet::runner::compare::top_k(x, 1)[0] as u32
+}
+
+fn run(a: Args) -> Result<u8> {
+    let f = BnetFile::open(&a.model).with_context(|| a.model.display().to_string())?;
+    let w = Weights::load(&f).with_context(|| a.model.display().to_string())?;
+    let kern = Kernel::selected().map_err(anyhow::Error::msg)?;
+    let tok = Tokenizer::from_container(&f);
+    let prompt = match (&a.ids, &a.prompt) {
+        (Some(ids), _) => ids.clone(),
+        (None, Some(p)) => tok
+            .as_ref()
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .encode(p)?,
+        _ => unreachable!("clap requires one"),
+    };
+    bitnet::runner::check_ids(&w.cfg, &prompt)?;
+    if prompt.len() + a.tokens > w.cfg.max_position_embeddings as usize {
+        anyhow::bail!(
+            "{} prompt tokens + {} generated exceed the model's context of {}",
+            prompt.len(),
+            a.tokens,
+            w.cfg.max_position_embeddings
+        );
+    }
+    // The reference, from scratch at every step (it has no cache by design).
+    let mut ids = prompt.clone();
+    let mut ref_margins = Vec::new();
+    for _ in 0..a.tokens {
+        let l = reference::logits(&w, &ids)?;
+        let last = l.last().expect("non-empty");
+        ref_margins.push(compare(last, last).ref_margin);
+        ids.push(argmax(last));
+    }
+    let ref_logits = reference::logits(&w, &ids)?;
+    // The fast runner: the whole sequence as one batch, then its own greedy continuation.
+    let fast_logits = Session::new(&w, kern).forward(&ids, true)?;
+    let mut s = Session::new(&w, kern);
+    let mut last = s.forward(&prompt, false)?.pop().expect("one");
+    let mut fast_greedy = Vec::new();
+    for _ in 0..a.tokens {
+        let t = argmax(&last);
+        fast_greedy.push(t);
+        if fast_greedy.len() < a.tokens {
+            last = s.forward(&[t], false)?.pop().expect("one");
+        }
+    }
+    let ref_greedy = &ids[prompt.len()..];
+    let per: Vec<_> = ref_logits
+        .iter()
+        .zip(&fast_logits)
+        .map(|(r, f)| compare(r, f))
+        .collect();
+    let sum = summarize(&per);
+    let diverge = ref_greedy
+        .iter()
+        .zip(&fast_greedy)
+        .position(|(x, y)| x != y);
+    // A divergence is tolerated only at a near-tie of the reference (margin within the band).
+    let greedy_ok = match diverge {
+        None => true,
+        Some(i) => ref_margins[i] <= 2.0 * a.max_delta,
+    };
+    let pass = sum.max_abs_delta <= a.max_delta && sum.kl_mean <= a.max_kl && greedy_ok;
+    let text = |t: &[u32]| {
+        tok.as_ref()
+            .ok()
+            .and_then(|k| k.decode(t).ok())
+            .unwrap_or_default()
+    };
+    if a.json {
+        let j = serde_json::json!({
+            "model": a.model, "family": f.index.meta.get("family"), "kernel": kern.name(),
+            "prompt_tokens": prompt.len(), "generated_tokens": a.tokens,
+            "summary": sum, "positions": per,
+            "greedy": {"identical": diverge.is_none(), "first_divergence": diverge, "reference": ref_greedy,
+                       "fast": fast_greedy, "reference_text": text(ref_greedy)},
+            "tolerances": {"max_delta": a.max_delta, "max_kl_mean": a.max_kl},
+            "pass": pass,
+        });
+        println!("{}", serde_json::to_string_pretty(&j)?);
+    } else {
+        println!(
+            "model     {} ({}), kernel {}, {} tokens ({} prompt + {} greedy)",
+            a.model.display(),
+            f.index
+                .meta
+                .get("family")
+                .and_then(|v| v.as_str())
+                .unwrap_or("?"),
+            kern.name(),
+            ids.len(),
+            prompt.len(),
+            a.tokens
+        );
+        if a.per_position {
+            println!(
+                "{:>4} {:>7} {:>10} {:>10} {:>5} {:>5} {:>10} {:>8}",
+                "pos", "token", "max|dl|", "KL", "top1", "top5", "RMS dp", "margin"
+            );
+            for (i, p) in per.iter().enumerate() {
+                println!(
+                    "{i:>4} {:>7} {:>10.3e} {:>10.3e} {:>5} {:>5.2} {:>10.3e} {:>8.3}",
+                    ids[i],
+                    p.max_abs_delta,
+                    p.kl,
+                    if p.top1_agree { "yes" } else { "NO" },
+                    p.top5_overlap,
+                    p.rms_delta_p,
+                    p.ref_margin
+                );
+            }
+        }
+        println!(
+            "logits    max |delta| {:.3e}, KL mean {:.3e} / p99 {:.3e} / max {:.3e} nats, top-1 agreement {:.1}%, top-5 overlap {:.1}%, RMS delta-p {:.3e}",
+            sum.max_abs_delta, sum.kl_mean, sum.kl_p99, sum.kl_max, 100.0 * sum.top1_agreement, 100.0 * sum.top5_overlap, sum.rms_delta_p
+        );
+        match diverge {
+            None => println!("greedy    identical for {} tokens: {:?}", a.tokens, text(ref_greedy)),
+            Some(i) => println!(
+                "greedy    differ from token {i} (reference margin there {:.3}): reference {:?}, fast {:?}",
+                ref_margins[i],
+                text(ref_greedy),
+                text(&fast_greedy)
+            ),
+        }
+        println!(
+            "verdict   {} (max |delta| <= {}, KL mean <= {:e}, greedy identical except at near-ties)",
+            if pass { "PASS" } else { "FAIL" },
+            a.max_delta,
+            a.max_kl
+        );
+    }
+    Ok(if pass { EXIT_OK } else { EXIT_FAILED })
+}
+
+fn main() -> ExitCode {
+    match run(Args::parse()) {
+        Ok(c) => ExitCode::from(c),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
