@@ -1,1 +1,286 @@
-fn main() {}
+//! bitnet-run: generate text, dump logits, measure perplexity or speed with the fast runner.
+
+use anyhow::{bail, Context, Result};
+use bitnet::cli::{EXIT_ERROR, EXIT_OK};
+use bitnet::format::BnetFile;
+use bitnet::kernels::Kernel;
+use bitnet::output::AtomicFile;
+use bitnet::runner::{fast::Session, reference, sample::Sampler, weights::Weights};
+use bitnet::tokenizer::Tokenizer;
+use clap::Parser;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Run a .bnet model: generate text, dump logits, perplexity, benchmark",
+    long_about = "Run a .bnet model with the fast SIMD runner.\n\n\
+bitnet-run model.bnet --prompt \"Once upon a time\" -n 64     stream generated text (greedy unless --temp > 0)\n\
+bitnet-run model.bnet --ids 1,2,3 --dump-logits out.safetensors   f32 logits [positions, vocab]\n\
+bitnet-run model.bnet --ppl held-out.txt --ctx 512          perplexity over a text file\n\
+bitnet-run model.bnet --bench                                prompt and decode tokens/s\n\n\
+The kernel path is the best this CPU has; BITNET_KERNEL=scalar|avx2|avx512 forces one.\n\
+Exit codes: 0 success, 2 error."
+)]
+struct Args {
+    /// The .bnet model
+    model: PathBuf,
+    /// Prompt text
+    #[arg(long, conflicts_with = "ids")]
+    prompt: Option<String>,
+    /// Token ids instead of text, comma separated
+    #[arg(long, value_delimiter = ',')]
+    ids: Option<Vec<u32>>,
+    /// Tokens to generate
+    #[arg(short = 'n', long, default_value_t = 64)]
+    tokens: usize,
+    /// Sampling temperature; 0 is greedy
+    #[arg(long, default_value_t = 0.0)]
+    temp: f32,
+    /// Sample only among the k most likely tokens (0: all)
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    /// Sample only from the smallest set of tokens whose probability reaches p
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    /// Random seed for sampling
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Write f32 logits [positions, vocab] of the prompt / ids to this .safetensors file
+    #[arg(long)]
+    dump_logits: Option<PathBuf>,
+    /// Perplexity over this text file
+    #[arg(long)]
+    ppl: Option<PathBuf>,
+    /// Context length per perplexity window
+    #[arg(long, default_value_t = 512)]
+    ctx: usize,
+    /// Also compute the perplexity with the f32 reference (slow) and report the difference
+    #[arg(long)]
+    ppl_reference: bool,
+    /// Benchmark prompt processing and decoding
+    #[arg(long)]
+    bench: bool,
+    /// Prompt tokens for --bench
+    #[arg(long, default_value_t = 128)]
+    bench_prompt: usize,
+    /// Decode tokens for --bench
+    #[arg(long, default_value_t = 128)]
+    bench_decode: usize,
+    /// Worker threads (default: all cores)
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Overwrite the --dump-logits output
+    #[arg(long)]
+    force: bool,
+    /// JSON output for --ppl and --bench
+    #[arg(long)]
+    json: bool,
+}
+
+fn nll(logits: &[f32], target: u32) -> f64 {
+    let m = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+    let lse = logits
+        .iter()
+        .map(|&v| (v as f64 - m).exp())
+        .sum::<f64>()
+        .ln()
+        + m;
+    lse - logits[target as usize] as f64
+}
+
+fn run(a: Args) -> Result<()> {
+    if let Some(n) = a.threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()?;
+    }
+    let f = BnetFile::open(&a.model).with_context(|| a.model.display().to_string())?;
+    let w = Weights::load(&f).with_context(|| a.model.display().to_string())?;
+    let kern = Kernel::selected().map_err(anyhow::Error::msg)?;
+    let tok = Tokenizer::from_container(&f);
+    let ctx = w.cfg.max_position_embeddings as usize;
+
+    if a.bench {
+        let v = w.cfg.vocab_size as u32;
+        let prompt: Vec<u32> = (0..a.bench_prompt as u32)
+            .map(|i| (i * 7919 + 13) % v)
+            .collect();
+        if a.bench_prompt + a.bench_decode > ctx {
+            bail!("--bench-prompt + --bench-decode exceed the model's context of {ctx}");
+        }
+        let mut s = Session::new(&w, kern);
+        let t0 = Instant::now();
+        let mut last = s.forward(&prompt, false)?.pop().expect("one");
+        let pp = t0.elapsed().as_secs_f64();
+        let t1 = Instant::now();
+        for _ in 0..a.bench_decode {
+            let next = bitnet::runner::compare::top_k(&last, 1)[0] as u32;
+            last = s.forward(&[next], false)?.pop().expect("one");
+        }
+        let tg = t1.elapsed().as_secs_f64();
+        let threads = rayon::current_num_threads();
+        let packed: u64 = f
+            .index
+            .entries
+            .iter()
+            .filter(|e| e.dtype.is_packed())
+            .map(|e| e.len)
+            .sum();
+        let head = w.lm_head.data.len() as u64;
+        let per_token = packed + head;
+        let r = serde_json::json!({
+            "kernel": kern.name(), "threads": threads,
+            "prompt_tokens": a.bench_prompt, "prompt_tokens_per_s": a.bench_prompt as f64 / pp,
+            "decode_tokens": a.bench_decode, "decode_tokens_per_s": a.bench_decode as f64 / tg,
+            "weight_bytes_per_decode_token": per_token,
+            "decode_weight_gb_per_s": per_token as f64 * a.bench_decode as f64 / tg / 1e9,
+        });
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&r)?);
+        } else {
+            println!(
+                "kernel {}, {threads} threads: prompt {} tokens at {:.1} tokens/s, decode {} tokens at {:.1} tokens/s ({:.2} GB/s of weights)",
+                kern.name(), a.bench_prompt, a.bench_prompt as f64 / pp, a.bench_decode,
+                a.bench_decode as f64 / tg, r["decode_weight_gb_per_s"].as_f64().unwrap_or(0.0)
+            );
+        }
+        return Ok(());
+    }
+
+    if let Some(path) = &a.ppl {
+        let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
+        let tok = tok.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let ids = tok.encode(&text)?;
+        let win = a.ctx.min(ctx);
+        if ids.len() < 2 {
+            bail!(
+                "{}: too little text for perplexity (need at least 2 tokens)",
+                path.display()
+            );
+        }
+        let (mut sum, mut sum_ref, mut n) = (0f64, 0f64, 0usize);
+        for chunk in ids.chunks(win).filter(|c| c.len() >= 2) {
+            let l = Session::new(&w, kern).forward(chunk, true)?;
+            for (p, &t) in l.iter().zip(&chunk[1..]) {
+                sum += nll(p, t);
+                n += 1;
+            }
+            if a.ppl_reference {
+                let r = reference::logits(&w, chunk)?;
+                sum_ref += r
+                    .iter()
+                    .zip(&chunk[1..])
+                    .map(|(p, &t)| nll(p, t))
+                    .sum::<f64>();
+            }
+        }
+        let ppl = (sum / n as f64).exp();
+        let ppl_ref = a.ppl_reference.then(|| (sum_ref / n as f64).exp());
+        if a.json {
+            println!(
+                "{}",
+                serde_json::json!({"tokens": n, "ctx": win, "perplexity": ppl, "reference_perplexity": ppl_ref})
+            );
+        } else {
+            println!("perplexity {ppl:.4} over {n} predicted tokens (windows of {win})");
+            if let Some(r) = ppl_ref {
+                println!(
+                    "reference  {r:.4} (relative difference {:.2e})",
+                    (ppl - r).abs() / r
+                );
+            }
+        }
+        return Ok(());
+    }
+
+    let prompt = match (&a.ids, &a.prompt) {
+        (Some(ids), _) => ids.clone(),
+        (None, Some(p)) => tok
+            .as_ref()
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .encode(p)?,
+        (None, None) => bail!("nothing to run: give --prompt TEXT, --ids, --ppl FILE or --bench"),
+    };
+    bitnet::runner::check_ids(&w.cfg, &prompt)?;
+    if prompt.len() > ctx {
+        bail!(
+            "the prompt is {} tokens, longer than the model's context of {ctx}",
+            prompt.len()
+        );
+    }
+
+    if let Some(out) = &a.dump_logits {
+        let l = Session::new(&w, kern).forward(&prompt, true)?;
+        let v = w.cfg.vocab_size;
+        let mut bytes = bitnet::format::safetensors_header(
+            &[(
+                "logits".into(),
+                "F32",
+                vec![l.len() as u64, v],
+                l.len() as u64 * v * 4,
+            )],
+            &serde_json::Map::from_iter([(
+                "ids".to_string(),
+                serde_json::json!(format!("{prompt:?}")),
+            )]),
+        );
+        for row in &l {
+            row.iter()
+                .for_each(|x| bytes.extend_from_slice(&x.to_le_bytes()));
+        }
+        let mut af = AtomicFile::create(out, a.force)?;
+        af.file()
+            .write_all(&bytes)
+            .map_err(|e| bitnet::output::write_error(out, e))?;
+        af.commit()?;
+        eprintln!("wrote {}: logits [{}, {v}]", out.display(), l.len());
+        return Ok(());
+    }
+
+    let mut sampler = Sampler::new(a.temp, a.top_k, a.top_p, a.seed);
+    let n = a.tokens.min(ctx - prompt.len());
+    let mut s = Session::new(&w, kern);
+    let mut last = s.forward(&prompt, false)?.pop().expect("one");
+    let mut out_ids: Vec<u32> = Vec::new();
+    let mut printed = 0usize;
+    let mut stdout = std::io::stdout().lock();
+    let eos = &w.cfg.eos_token_id;
+    for i in 0..n {
+        let t = sampler.next(&last);
+        if eos.contains(&(t as u64)) {
+            break;
+        }
+        out_ids.push(t);
+        match &tok {
+            Ok(k) => {
+                let text = k.decode(&out_ids)?;
+                // print only complete characters; a token may end inside a UTF-8 sequence
+                if !text.ends_with('\u{FFFD}') && text.len() >= printed {
+                    write!(stdout, "{}", &text[printed..])?;
+                    printed = text.len();
+                }
+            }
+            Err(_) => write!(stdout, "{t} ")?,
+        }
+        stdout.flush()?;
+        if i + 1 < n {
+            last = s.forward(&[t], false)?.pop().expect("one");
+        }
+    }
+    writeln!(stdout)?;
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::from(EXIT_OK),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}

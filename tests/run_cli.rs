@@ -1,0 +1,262 @@
+//! bitnet-verify and bitnet-run end to end on the fixtures: verdicts and exit codes, generation
+//! against transformers' greedy text, dumped logits, perplexity against the reference, errors.
+
+use assert_cmd::Command;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+const FIXTURES: &[&str] = &[
+    "bitnet-latent",
+    "bitnet-packed",
+    "llama-bitlinear",
+    "onebitllm",
+];
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
+}
+
+fn packed(dir: &str, tmp: &Path, extra: &[&str]) -> PathBuf {
+    let out = tmp.join(format!("{dir}.bnet"));
+    let o = Command::cargo_bin("bitnet-pack")
+        .unwrap()
+        .arg(fixture(dir))
+        .arg(&out)
+        .args(extra)
+        .args(["--quiet", "--force"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    out
+}
+
+fn golden_json(dir: &str) -> Value {
+    serde_json::from_slice(&std::fs::read(fixture(dir).join("golden.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn verify_passes_on_every_family_and_kernel_path() {
+    let tmp = tempfile::tempdir().unwrap();
+    for dir in FIXTURES {
+        let m = packed(dir, tmp.path(), &[]);
+        let prompt = golden_json(dir)["prompts"][1].as_str().unwrap().to_string();
+        for kern in bitnet::kernels::Kernel::all_available() {
+            let o = Command::cargo_bin("bitnet-verify")
+                .unwrap()
+                .env("BITNET_KERNEL", kern.name())
+                .arg(&m)
+                .args(["--prompt", &prompt, "--tokens", "8", "--json"])
+                .output()
+                .unwrap();
+            assert_eq!(
+                o.status.code(),
+                Some(0),
+                "{dir} {}: {}",
+                kern.name(),
+                String::from_utf8_lossy(&o.stderr)
+            );
+            let j: Value = serde_json::from_slice(&o.stdout).unwrap();
+            assert_eq!(j["pass"], true);
+            assert_eq!(j["kernel"], kern.name());
+            assert_eq!(j["greedy"]["identical"], true, "{dir}");
+            assert!(j["summary"]["max_abs_delta"].as_f64().unwrap() <= 1e-4);
+        }
+    }
+}
+
+#[test]
+fn verify_exit_codes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = packed("bitnet-latent", tmp.path(), &[]);
+    // outside tolerance: exit 1
+    let o = Command::cargo_bin("bitnet-verify")
+        .unwrap()
+        .arg(&m)
+        .args(["--ids", "0,42,79", "--tokens", "2", "--max-delta=-1"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("verdict   FAIL"));
+    // errors: exit 2
+    let o = Command::cargo_bin("bitnet-verify")
+        .unwrap()
+        .env("BITNET_KERNEL", "sse9")
+        .arg(&m)
+        .args(["--ids", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("BITNET_KERNEL=\"sse9\" is not a kernel path")
+    );
+    let o = Command::cargo_bin("bitnet-verify")
+        .unwrap()
+        .arg(tmp.path().join("nope.bnet"))
+        .args(["--ids", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn greedy_generation_matches_transformers() {
+    let tmp = tempfile::tempdir().unwrap();
+    for dir in FIXTURES {
+        let m = packed(dir, tmp.path(), &[]);
+        let g = golden_json(dir);
+        let detail = &g["prompts_detail"][0];
+        let margins: Vec<f64> = detail["greedy_top1_top2_margins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        // compare only up to the first near-tie of transformers' own run
+        let n = margins
+            .iter()
+            .position(|&m| m < 0.3)
+            .unwrap_or(margins.len());
+        let o = Command::cargo_bin("bitnet-run")
+            .unwrap()
+            .arg(&m)
+            .args([
+                "--prompt",
+                detail["prompt"].as_str().unwrap(),
+                "-n",
+                &n.to_string(),
+            ])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let ids: Vec<u32> = detail["greedy"].as_array().unwrap()[..n]
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        let f = bitnet::format::BnetFile::open(&m).unwrap();
+        let want = bitnet::tokenizer::Tokenizer::from_container(&f)
+            .unwrap()
+            .decode(&ids)
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout).trim_end_matches('\n'),
+            want,
+            "{dir}, {n} tokens"
+        );
+    }
+}
+
+#[test]
+fn dump_logits_matches_golden_and_ppl_matches_reference() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = packed("llama-bitlinear", tmp.path(), &[]);
+    let gb = std::fs::read(fixture("llama-bitlinear").join("golden.safetensors")).unwrap();
+    let g = safetensors::SafeTensors::deserialize(&gb).unwrap();
+    let ids: Vec<String> = g
+        .tensor("prompt2.ids")
+        .unwrap()
+        .data()
+        .chunks_exact(8)
+        .map(|c| i64::from_le_bytes(c.try_into().unwrap()).to_string())
+        .collect();
+    let out = tmp.path().join("l.safetensors");
+    let o = Command::cargo_bin("bitnet-run")
+        .unwrap()
+        .arg(&m)
+        .args(["--ids", &ids.join(","), "--dump-logits"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let lb = std::fs::read(&out).unwrap();
+    let l = safetensors::SafeTensors::deserialize(&lb).unwrap();
+    let got = l.tensor("logits").unwrap();
+    assert_eq!(got.shape(), g.tensor("prompt2.logits").unwrap().shape());
+    let worst = got
+        .data()
+        .chunks_exact(4)
+        .zip(g.tensor("prompt2.logits").unwrap().data().chunks_exact(4))
+        .map(|(a, b)| {
+            (f32::from_le_bytes(a.try_into().unwrap()) - f32::from_le_bytes(b.try_into().unwrap()))
+                .abs()
+        })
+        .fold(0f32, f32::max);
+    assert!(
+        worst <= 1e-4,
+        "dumped logits differ from transformers by {worst}"
+    );
+
+    let o = Command::cargo_bin("bitnet-run")
+        .unwrap()
+        .arg(&m)
+        .arg("--ppl")
+        .arg(fixture("heldout.txt"))
+        .args(["--ctx", "128", "--ppl-reference", "--json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let j: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let (p, r) = (
+        j["perplexity"].as_f64().unwrap(),
+        j["reference_perplexity"].as_f64().unwrap(),
+    );
+    assert!(p > 1.0 && p < 512.0, "perplexity {p}");
+    assert!((p - r).abs() / r < 1e-3, "fast {p} vs reference {r}");
+}
+
+#[test]
+fn run_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = packed("bitnet-latent", tmp.path(), &[]);
+    let run = |args: &[&str]| {
+        Command::cargo_bin("bitnet-run")
+            .unwrap()
+            .arg(&m)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let check = |o: std::process::Output, needle: &str| {
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{e}");
+        assert!(e.contains(needle), "expected {needle:?} in {e}");
+    };
+    check(run(&["--prompt", ""]), "the prompt is empty");
+    check(
+        run(&["--ids", "1,600"]),
+        "token id 600 is outside the vocabulary",
+    );
+    let long: Vec<String> = (0..300).map(|i| (i % 500).to_string()).collect();
+    check(
+        run(&["--ids", &long.join(",")]),
+        "longer than the model's context of 256",
+    );
+    let bare = tmp.path().join("bare");
+    std::fs::create_dir(&bare).unwrap();
+    for f in [
+        "config.json",
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+        "model.safetensors.index.json",
+    ] {
+        std::fs::copy(fixture("bitnet-latent").join(f), bare.join(f)).unwrap();
+    }
+    let nt = tmp.path().join("nt.bnet");
+    assert!(Command::cargo_bin("bitnet-pack")
+        .unwrap()
+        .arg(&bare)
+        .arg(&nt)
+        .args(["--no-tokenizer", "-q"])
+        .output()
+        .unwrap()
+        .status
+        .success());
+    let o = Command::cargo_bin("bitnet-run")
+        .unwrap()
+        .arg(&nt)
+        .args(["--prompt", "hi"])
+        .output()
+        .unwrap();
+    check(o, "no tokenizer.json");
+}
