@@ -6,6 +6,7 @@
 //! Activations are padded with zeros to a multiple of 256 so kernels run whole blocks; the
 //! packed padding codes are zero weights (formats/bnet.md §4), so padding contributes nothing.
 
+pub mod float;
 pub mod scalar;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;

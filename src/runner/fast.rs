@@ -195,23 +195,30 @@ impl<'w, 'a> Session<'w, 'a> {
         let first = if all { 0 } else { t - 1 };
         let h = norm_rows(&x[first * hidden..], &self.w.norm, hidden);
         Ok(h.chunks_exact(hidden)
-            .map(|ht| lm_head(self.w, ht))
+            .map(|ht| lm_head(self.w, ht, kern))
             .collect())
     }
 }
 
-/// Logits of one hidden state, parallel over vocabulary rows.
-pub fn lm_head(w: &Weights, h: &[f32]) -> Vec<f32> {
+/// Logits of one hidden state, parallel over vocabulary rows, read from the mapping in place.
+pub fn lm_head(w: &Weights, h: &[f32], kern: Kernel) -> Vec<f32> {
     let head = &w.lm_head;
+    let row_bytes = head.data.len() / head.rows;
     let mut out = vec![0f32; head.rows];
-    out.par_chunks_mut(256).enumerate().for_each_init(
-        || vec![0f32; head.k],
-        |row, (c, o)| {
-            for (i, y) in o.iter_mut().enumerate() {
-                head.row(c * 256 + i, row);
-                *y = super::ops::dot(row, h);
-            }
-        },
-    );
+    out.par_chunks_mut(256).enumerate().for_each(|(c, o)| {
+        for (i, y) in o.iter_mut().enumerate() {
+            let r = c * 256 + i;
+            let d = crate::kernels::float::dot_row(
+                kern,
+                head.dtype,
+                &head.data[r * row_bytes..(r + 1) * row_bytes],
+                h,
+            );
+            *y = match head.row_scale {
+                Some(s) => d * f32::from_le_bytes(s[4 * r..4 * r + 4].try_into().expect("4")),
+                None => d,
+            };
+        }
+    });
     out
 }
