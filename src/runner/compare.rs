@@ -25,10 +25,19 @@ fn probs(x: &[f32]) -> Vec<f64> {
 }
 
 /// Indices of the `k` largest values, largest first.
+/// Ties go to the lower index. Selection first, so only the `k` winners are sorted.
 pub fn top_k(x: &[f32], k: usize) -> Vec<usize> {
+    let order = |&i: &usize, &j: &usize| x[j].total_cmp(&x[i]).then(i.cmp(&j));
     let mut idx: Vec<usize> = (0..x.len()).collect();
-    idx.sort_by(|&i, &j| x[j].total_cmp(&x[i]).then(i.cmp(&j)));
-    idx.truncate(k);
+    let k = k.min(idx.len());
+    if k == 0 {
+        return Vec::new();
+    }
+    if k < idx.len() {
+        idx.select_nth_unstable_by(k - 1, order);
+        idx.truncate(k);
+    }
+    idx.sort_by(order);
     idx
 }
 

@@ -1,0 +1,74 @@
+//! Matrix-vector kernels at the BitNet b1.58 2B-4T shapes, per kernel path, as GB/s of packed
+//! weights, beside this machine's memory read bandwidth (`memory/read_*`), so the kernels can
+//! be judged against what the memory can deliver.
+//!
+//! cargo bench --bench kernels
+
+use bitnet::format::bnet::{DType, Scale, ScaleOp};
+use bitnet::kernels::Kernel;
+use bitnet::runner::fast::{matmul, QuantizedBatch};
+use bitnet::runner::weights::Linear;
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use rayon::prelude::*;
+use std::hint::black_box;
+
+fn memory(c: &mut Criterion) {
+    // 1 GiB, far larger than any cache
+    let buf: Vec<u64> = (0..(1u64 << 27)).collect();
+    let mut g = c.benchmark_group("memory");
+    g.throughput(Throughput::Bytes(8 << 27));
+    g.sample_size(10);
+    g.bench_function("read_all_threads", |b| {
+        b.iter(|| {
+            buf.par_chunks(1 << 16)
+                .map(|c| c.iter().fold(0u64, |a, &v| a ^ v))
+                .reduce(|| 0, |a, b| a ^ b)
+        })
+    });
+    g.bench_function("read_one_thread", |b| {
+        b.iter(|| buf.iter().fold(0u64, |a, &v| a ^ v))
+    });
+    g.finish();
+}
+
+fn matvec(c: &mut Criterion) {
+    let mut g = c.benchmark_group("matvec_t2");
+    g.sample_size(20);
+    for (rows, k) in [
+        (2560usize, 2560usize),
+        (640, 2560),
+        (6912, 2560),
+        (2560, 6912),
+    ] {
+        let row_bytes = k.div_ceil(256) * 64;
+        let data: Vec<u8> = (0..rows * row_bytes)
+            .map(|i| [0x55u8, 0x96, 0x29, 0x64][i % 4])
+            .collect();
+        let l = Linear {
+            data: &data,
+            dtype: DType::T2,
+            rows,
+            k,
+            row_bytes,
+            scale: Scale {
+                value: 2.0,
+                op: ScaleOp::Divide,
+                source_dtype: DType::F32,
+            },
+        };
+        let x: Vec<f32> = (0..k)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
+            .collect();
+        let a = QuantizedBatch::new(&x, k);
+        g.throughput(Throughput::Bytes(data.len() as u64));
+        for kern in Kernel::all_available() {
+            g.bench_function(format!("{}_{rows}x{k}", kern.name()), |b| {
+                b.iter(|| matmul(kern, &l, black_box(&a)))
+            });
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(benches, memory, matvec);
+criterion_main!(benches);
