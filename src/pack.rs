@@ -216,6 +216,14 @@ fn convert<W: Write + Seek>(
                     opts.lm_head
                 };
                 write_float_tensor(&mut w, &canonical, t, bytes, store, &release)?;
+                if role == Role::Embedding
+                    && cfg.tie_word_embeddings
+                    && opts.lm_head != StoreAs::Keep
+                {
+                    // a tied head stored apart, in the cheaper type the user asked for: decode
+                    // reads the head in full every token, the embeddings one row per token
+                    write_float_tensor(&mut w, "lm_head.weight", t, bytes, opts.lm_head, &release)?;
+                }
             }
             Role::Norm => {
                 write_float_tensor(&mut w, &canonical, t, bytes, StoreAs::Keep, &release)?
@@ -262,7 +270,11 @@ fn convert<W: Write + Seek>(
                 (false, QuantKind::Binary) => ScaleOp::Multiply.name(),
             },
             "embeddings": store_name(opts.embeddings),
-            "lm_head": if cfg.tie_word_embeddings { "tied" } else { store_name(opts.lm_head) },
+            "lm_head": match (cfg.tie_word_embeddings, opts.lm_head) {
+                (true, StoreAs::Keep) => "tied".to_string(),
+                (true, s) => format!("{} copy of the tied embeddings", store_name(s)),
+                (false, s) => store_name(s).to_string(),
+            },
         },
         "provenance": {
             "tool": format!("bitnet-tools {}", env!("CARGO_PKG_VERSION")),

@@ -260,3 +260,46 @@ fn run_errors() {
         .unwrap();
     check(o, "no tokenizer.json");
 }
+
+/// --reference runs the reference on another model: the original checkpoint (packed afresh),
+/// or the same model with its full-precision head, which measures what `--lm-head i8` costs.
+#[test]
+fn verify_against_another_reference() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = packed("bitnet-latent", tmp.path(), &[]);
+    let o = Command::cargo_bin("bitnet-verify")
+        .unwrap()
+        .arg(&m)
+        .arg("--reference")
+        .arg(fixture("bitnet-latent"))
+        .args(["--prompt", "Blessed are the", "--tokens", "4", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let i8m = tmp.path().join("i8.bnet");
+    let o = Command::cargo_bin("bitnet-pack")
+        .unwrap()
+        .arg(fixture("bitnet-latent"))
+        .arg(&i8m)
+        .args(["--lm-head", "i8", "-q"])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let o = Command::cargo_bin("bitnet-verify")
+        .unwrap()
+        .arg(&i8m)
+        .arg("--reference")
+        .arg(&m)
+        .args(["--prompt", "Blessed are the", "--tokens", "4", "--json"])
+        .output()
+        .unwrap();
+    let j: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let kl = j["summary"]["kl_mean"].as_f64().unwrap();
+    assert!(kl > 0.0 && kl < 1e-3, "int8 head KL {kl}");
+    assert_eq!(o.status.code(), Some(0));
+}

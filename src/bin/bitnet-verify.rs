@@ -30,6 +30,11 @@ struct Args {
     /// Token ids instead of a prompt, comma separated
     #[arg(long, value_delimiter = ',', conflicts_with = "prompt")]
     ids: Option<Vec<u32>>,
+    /// Run the reference on another model: a .bnet (e.g. the same checkpoint packed with a
+    /// bf16 lm_head, to measure what --lm-head i8 costs) or the original Hugging Face checkpoint
+    /// (packed afresh with default options into a temporary file)
+    #[arg(long)]
+    reference: Option<PathBuf>,
     /// Greedy tokens of the reference appended to the prompt
     #[arg(long, default_value_t = 16)]
     tokens: usize,
@@ -48,6 +53,26 @@ struct Args {
     json: bool,
 }
 
+/// A .bnet to run the reference on: the file itself, or a Hugging Face checkpoint packed with
+/// default options into a temporary file that lives as long as the returned guard.
+fn reference_container(p: &std::path::Path) -> Result<(Option<tempfile::TempPath>, PathBuf)> {
+    if bitnet::format::is_bnet(p) {
+        return Ok((None, p.to_path_buf()));
+    }
+    let ck = bitnet::hf::Checkpoint::open(p, &bitnet::hf::Sources::default())?;
+    let tmp = tempfile::Builder::new().suffix(".bnet").tempfile()?;
+    let (file, path) = tmp.into_parts();
+    bitnet::pack::pack(
+        &ck,
+        std::io::BufWriter::new(file),
+        &path,
+        &Default::default(),
+        &|_| {},
+    )?;
+    let guard_path = path.to_path_buf();
+    Ok((Some(path), guard_path))
+}
+
 fn argmax(x: &[f32]) -> u32 {
     bitnet::runner::compare::top_k(x, 1)[0] as u32
 }
@@ -55,6 +80,26 @@ fn argmax(x: &[f32]) -> u32 {
 fn run(a: Args) -> Result<u8> {
     let f = BnetFile::open(&a.model).with_context(|| a.model.display().to_string())?;
     let w = Weights::load(&f).with_context(|| a.model.display().to_string())?;
+    let (_tmp, ref_file) = match &a.reference {
+        None => (None, None),
+        Some(p) => {
+            let (tmp, path) = reference_container(p)?;
+            let rf = BnetFile::open(&path).with_context(|| p.display().to_string())?;
+            (tmp, Some(rf))
+        }
+    };
+    let ref_w = match &ref_file {
+        Some(rf) => Some(Weights::load(rf)?),
+        None => None,
+    };
+    let rw = ref_w.as_ref().unwrap_or(&w);
+    if rw.cfg.vocab_size != w.cfg.vocab_size {
+        anyhow::bail!(
+            "the reference model has a different vocabulary ({} vs {})",
+            rw.cfg.vocab_size,
+            w.cfg.vocab_size
+        );
+    }
     let kern = Kernel::selected().map_err(anyhow::Error::msg)?;
     let tok = Tokenizer::from_container(&f);
     let prompt = match (&a.ids, &a.prompt) {
@@ -78,12 +123,12 @@ fn run(a: Args) -> Result<u8> {
     let mut ids = prompt.clone();
     let mut ref_margins = Vec::new();
     for _ in 0..a.tokens {
-        let l = reference::logits(&w, &ids)?;
+        let l = reference::logits(rw, &ids)?;
         let last = l.last().expect("non-empty");
         ref_margins.push(compare(last, last).ref_margin);
         ids.push(argmax(last));
     }
-    let ref_logits = reference::logits(&w, &ids)?;
+    let ref_logits = reference::logits(rw, &ids)?;
     // The fast runner: the whole sequence as one batch, then its own greedy continuation.
     let fast_logits = Session::new(&w, kern).forward(&ids, true)?;
     let mut s = Session::new(&w, kern);

@@ -192,7 +192,8 @@ impl<'a> Weights<'a> {
             });
         }
         let embed = dense("model.embed_tokens.weight", v, h)?;
-        let lm_head = if cfg.tie_word_embeddings {
+        // a tied model may still carry a separately stored head (bitnet-pack --lm-head)
+        let lm_head = if cfg.tie_word_embeddings && f.index.get("lm_head.weight").is_none() {
             dense("model.embed_tokens.weight", v, h)?
         } else {
             dense("lm_head.weight", v, h)?
