@@ -46,6 +46,13 @@ proptest! {
         for kern in Kernel::all_available() {
             prop_assert_eq!(kern.dot_t2_offset(&row, &act), want, "{}", kern.name());
         }
+        // four tokens at once: token u uses the activations rotated by u
+        let rot: Vec<Vec<i8>> = (0..4).map(|u| { let mut r = act.clone(); r[..k].rotate_left(u.min(k - 1)); r }).collect();
+        let singles: Vec<i32> = rot.iter().map(|r| scalar::dot_t2_offset(&row, r)).collect();
+        for kern in Kernel::all_available() {
+            let got = kern.dot_t2_offset_x4(&row, [&rot[0], &rot[1], &rot[2], &rot[3]]);
+            prop_assert_eq!(got.to_vec(), singles.clone(), "{} x4", kern.name());
+        }
         let mut back = vec![0i8; k];
         unpack_t2_row(&row, &mut back);
         prop_assert_eq!(back, codes);

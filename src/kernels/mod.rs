@@ -102,6 +102,21 @@ impl Kernel {
         }
     }
 
+    /// `dot_t2_offset` of one row against four activation vectors at once.
+    #[inline]
+    pub fn dot_t2_offset_x4(self, row: &[u8], act: [&[i8]; 4]) -> [i32; 4] {
+        debug_assert!(act.iter().all(|a| a.len() == row.len() * 4));
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `available()` was checked when the kernel was selected.
+            Kernel::Avx2 => unsafe { x86::dot_t2_offset_x4_avx2(row, act) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            Kernel::Avx512 => unsafe { x86::dot_t2_offset_x4_avx512(row, act) },
+            _ => act.map(|a| scalar::dot_t2_offset(row, a)),
+        }
+    }
+
     /// Σ a over the positions whose B1 bit is 1; the caller forms `2·that − Σa`.
     #[inline]
     pub fn dot_b1_ones(self, row: &[u8], act: &[i8]) -> i32 {

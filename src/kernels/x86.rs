@@ -1,6 +1,7 @@
 //! x86-64 kernels. AVX2: `maddubs` multiplies the unsigned codes (0..=2) by signed int8
-//! activations into i16 pairs (|pair| ≤ 2·2·128 = 512, no saturation) and `madd` with ones
-//! widens to i32 right away, so nothing can overflow. AVX-512 VNNI: `vpdpbusd` does both in one
+//! activations into i16 pairs (|pair| ≤ 2·2·128 = 512, no saturation); the eight products of
+//! one 256-weight block add up in i16 (≤ 4096) and `madd` with ones widens them to i32 once
+//! per block, so nothing can overflow however long the row. AVX-512 VNNI: `vpdpbusd` does both in one
 //! instruction into i32 lanes.
 
 use std::arch::x86_64::*;
@@ -13,6 +14,8 @@ pub unsafe fn dot_t2_offset_avx2(row: &[u8], act: &[i8]) -> i32 {
     let ones = _mm256_set1_epi16(1);
     let mut acc = _mm256_setzero_si256();
     for (block, a) in row.chunks_exact(64).zip(act.chunks_exact(256)) {
+        // i16 lanes add 8 pairs of at most 512 per block (≤ 4096): widen once per block
+        let mut blk = _mm256_setzero_si256();
         for half in 0..2 {
             // bytes 32h..32h+31 hold elements 32h + m + 64j
             let v = _mm256_loadu_si256(block.as_ptr().add(32 * half) as *const __m256i);
@@ -25,12 +28,85 @@ pub unsafe fn dot_t2_offset_avx2(row: &[u8], act: &[i8]) -> i32 {
                 };
                 let codes = _mm256_and_si256(shifted, mask);
                 let x = _mm256_loadu_si256(a.as_ptr().add(64 * j + 32 * half) as *const __m256i);
-                let p = _mm256_maddubs_epi16(codes, x);
-                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, ones));
+                blk = _mm256_add_epi16(blk, _mm256_maddubs_epi16(codes, x));
+            }
+        }
+        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(blk, ones));
+    }
+    hsum_epi32_avx2(acc)
+}
+
+/// Four tokens against one row: each code vector is unpacked once and used four times, which
+/// is what makes batched prompt processing cheaper per token than decoding.
+///
+/// # Safety
+/// The CPU must support AVX2; every `act[t].len() == 4 * row.len()`.
+#[target_feature(enable = "avx2")]
+pub unsafe fn dot_t2_offset_x4_avx2(row: &[u8], act: [&[i8]; 4]) -> [i32; 4] {
+    let mask = _mm256_set1_epi8(3);
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_si256(); 4];
+    for (b, block) in row.chunks_exact(64).enumerate() {
+        // Within one block each i16 lane adds 8 maddubs pairs of at most 2·2·128 = 512:
+        // |sum| ≤ 4096, far from i16 overflow. Widen to i32 once per block.
+        let mut blk = [_mm256_setzero_si256(); 4];
+        for half in 0..2 {
+            let v = _mm256_loadu_si256(block.as_ptr().add(32 * half) as *const __m256i);
+            for j in 0..4 {
+                let shifted = match j {
+                    0 => v,
+                    1 => _mm256_srli_epi16::<2>(v),
+                    2 => _mm256_srli_epi16::<4>(v),
+                    _ => _mm256_srli_epi16::<6>(v),
+                };
+                let codes = _mm256_and_si256(shifted, mask);
+                let off = 256 * b + 64 * j + 32 * half;
+                for t in 0..4 {
+                    let x = _mm256_loadu_si256(act[t].as_ptr().add(off) as *const __m256i);
+                    blk[t] = _mm256_add_epi16(blk[t], _mm256_maddubs_epi16(codes, x));
+                }
+            }
+        }
+        for t in 0..4 {
+            acc[t] = _mm256_add_epi32(acc[t], _mm256_madd_epi16(blk[t], ones));
+        }
+    }
+    [
+        hsum_epi32_avx2(acc[0]),
+        hsum_epi32_avx2(acc[1]),
+        hsum_epi32_avx2(acc[2]),
+        hsum_epi32_avx2(acc[3]),
+    ]
+}
+
+/// # Safety
+/// The CPU must support AVX-512 F, BW and VNNI; every `act[t].len() == 4 * row.len()`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+pub unsafe fn dot_t2_offset_x4_avx512(row: &[u8], act: [&[i8]; 4]) -> [i32; 4] {
+    let mask = _mm512_set1_epi8(3);
+    let mut acc = [_mm512_setzero_si512(); 4];
+    for (b, block) in row.chunks_exact(64).enumerate() {
+        let v = _mm512_loadu_si512(block.as_ptr() as *const _);
+        let c = [
+            _mm512_and_si512(v, mask),
+            _mm512_and_si512(_mm512_srli_epi16::<2>(v), mask),
+            _mm512_and_si512(_mm512_srli_epi16::<4>(v), mask),
+            _mm512_and_si512(_mm512_srli_epi16::<6>(v), mask),
+        ];
+        for t in 0..4 {
+            let p = act[t].as_ptr().add(256 * b);
+            for (j, cj) in c.iter().enumerate() {
+                acc[t] =
+                    _mm512_dpbusd_epi32(acc[t], *cj, _mm512_loadu_si512(p.add(64 * j) as *const _));
             }
         }
     }
-    hsum_epi32_avx2(acc)
+    [
+        _mm512_reduce_add_epi32(acc[0]),
+        _mm512_reduce_add_epi32(acc[1]),
+        _mm512_reduce_add_epi32(acc[2]),
+        _mm512_reduce_add_epi32(acc[3]),
+    ]
 }
 
 #[target_feature(enable = "avx2")]

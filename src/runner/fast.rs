@@ -5,6 +5,7 @@
 use super::ops::{gated, rms_norm, rope, rope_inv_freq, softmax};
 use super::weights::{Linear, Weights};
 use crate::error::Result;
+use crate::format::bnet::DType;
 use crate::kernels::{quantize_act, Kernel};
 use rayon::prelude::*;
 
@@ -46,20 +47,33 @@ pub fn matmul(kern: Kernel, l: &Linear, a: &QuantizedBatch) -> Vec<f32> {
     let t = a.tokens();
     let mut yt = vec![0f32; l.rows * t]; // [row][token]
     const ROWS: usize = 16;
+    let act = |tok: usize| &a.q[tok * a.k_pad..(tok + 1) * a.k_pad];
+    // Tiles of ROWS rows × 4 tokens: both the rows' codes and the four tokens' activations
+    // stay in L1 while they are multiplied, instead of streaming every token past every row.
     yt.par_chunks_mut(ROWS * t)
         .enumerate()
         .for_each(|(c, out)| {
-            for (i, o) in out.chunks_exact_mut(t).enumerate() {
-                let row = l.row(c * ROWS + i);
-                for (tok, y) in o.iter_mut().enumerate() {
-                    let act = &a.q[tok * a.k_pad..(tok + 1) * a.k_pad];
-                    let d = match l.dtype {
-                        crate::format::bnet::DType::T2 => {
-                            kern.dot_t2_offset(row, act) - a.sums[tok]
+            let rows = out.len() / t;
+            let row = |i: usize| l.row(c * ROWS + i);
+            let mut tok = 0;
+            if l.dtype == DType::T2 {
+                while tok + 4 <= t {
+                    let acts = [act(tok), act(tok + 1), act(tok + 2), act(tok + 3)];
+                    for i in 0..rows {
+                        for (u, d) in kern.dot_t2_offset_x4(row(i), acts).into_iter().enumerate() {
+                            out[i * t + tok + u] = l.finish(d - a.sums[tok + u], a.scales[tok + u]);
                         }
-                        _ => 2 * kern.dot_b1_ones(row, act) - a.sums[tok],
+                    }
+                    tok += 4;
+                }
+            }
+            for tok in tok..t {
+                for i in 0..rows {
+                    let d = match l.dtype {
+                        DType::T2 => kern.dot_t2_offset(row(i), act(tok)) - a.sums[tok],
+                        _ => 2 * kern.dot_b1_ones(row(i), act(tok)) - a.sums[tok],
                     };
-                    *y = l.finish(d, a.scales[tok]);
+                    out[i * t + tok] = l.finish(d, a.scales[tok]);
                 }
             }
         });
