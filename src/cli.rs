@@ -33,3 +33,15 @@ pub fn peak_rss_bytes() -> Option<u64> {
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
 }
+
+/// Ends a binary: prints an error as one `error:` line (with its causes, `{:#}`) and maps the
+/// outcome to the exit code.
+pub fn exit(outcome: Result<u8, impl std::fmt::Display>) -> std::process::ExitCode {
+    match outcome {
+        Ok(code) => std::process::ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(EXIT_ERROR)
+        }
+    }
+}

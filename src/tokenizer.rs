@@ -38,3 +38,20 @@ impl Tokenizer {
             .map_err(|e| Error::Usage(format!("cannot decode tokens: {e}")))
     }
 }
+
+/// The token ids to run: `--ids` as given, or `--prompt` through the container's tokenizer
+/// (whose absence is then the error). `None` when neither was given.
+pub fn prompt_ids(
+    ids: Option<&[u32]>,
+    prompt: Option<&str>,
+    tok: &Result<Tokenizer>,
+) -> Result<Option<Vec<u32>>> {
+    match (ids, prompt) {
+        (Some(ids), _) => Ok(Some(ids.to_vec())),
+        (None, Some(p)) => match tok {
+            Ok(t) => t.encode(p).map(Some),
+            Err(e) => Err(Error::Usage(e.to_string())),
+        },
+        (None, None) => Ok(None),
+    }
+}

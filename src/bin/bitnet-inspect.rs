@@ -1,7 +1,7 @@
 //! bitnet-inspect: what is inside a .bnet container; `--verify` checks every checksum.
 
 use anyhow::{Context, Result};
-use bitnet::cli::{EXIT_ERROR, EXIT_FAILED, EXIT_OK};
+use bitnet::cli::{EXIT_FAILED, EXIT_OK};
 use bitnet::format::{bnet, BnetFile};
 use bitnet::inspect::Summary;
 use clap::Parser;
@@ -80,11 +80,5 @@ fn run(a: Args) -> Result<u8> {
 }
 
 fn main() -> ExitCode {
-    match run(Args::parse()) {
-        Ok(c) => ExitCode::from(c),
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(EXIT_ERROR)
-        }
-    }
+    bitnet::cli::exit(run(Args::parse()))
 }

@@ -1,7 +1,7 @@
 //! bitnet-pack: Hugging Face checkpoint -> .bnet, or .bnet -> safetensors (by file types).
 
 use anyhow::{bail, Context, Result};
-use bitnet::cli::{peak_rss_bytes, progress_bar, EXIT_ERROR, EXIT_OK};
+use bitnet::cli::{peak_rss_bytes, progress_bar, EXIT_OK};
 use bitnet::format::{is_bnet, BnetFile};
 use bitnet::hf::{Checkpoint, Sources};
 use bitnet::output::{AtomicFile, BackgroundWriter};
@@ -191,12 +191,5 @@ fn run_unpack(a: &Args) -> Result<()> {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    match run(args) {
-        Ok(()) => ExitCode::from(EXIT_OK),
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(EXIT_ERROR)
-        }
-    }
+    bitnet::cli::exit(run(Args::parse()).map(|()| EXIT_OK))
 }

@@ -1,7 +1,7 @@
 //! bitnet-run: generate text, dump logits, measure perplexity or speed with the fast runner.
 
 use anyhow::{bail, Context, Result};
-use bitnet::cli::{EXIT_ERROR, EXIT_OK};
+use bitnet::cli::EXIT_OK;
 use bitnet::format::BnetFile;
 use bitnet::kernels::Kernel;
 use bitnet::output::AtomicFile;
@@ -197,13 +197,9 @@ fn run(a: Args) -> Result<()> {
         return Ok(());
     }
 
-    let prompt = match (&a.ids, &a.prompt) {
-        (Some(ids), _) => ids.clone(),
-        (None, Some(p)) => tok
-            .as_ref()
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-            .encode(p)?,
-        (None, None) => bail!("nothing to run: give --prompt TEXT, --ids, --ppl FILE or --bench"),
+    let Some(prompt) = bitnet::tokenizer::prompt_ids(a.ids.as_deref(), a.prompt.as_deref(), &tok)?
+    else {
+        bail!("nothing to run: give --prompt TEXT, --ids, --ppl FILE or --bench");
     };
     bitnet::runner::check_ids(&w.cfg, &prompt)?;
     if prompt.len() > ctx {
@@ -276,11 +272,5 @@ fn run(a: Args) -> Result<()> {
 }
 
 fn main() -> ExitCode {
-    match run(Args::parse()) {
-        Ok(()) => ExitCode::from(EXIT_OK),
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(EXIT_ERROR)
-        }
-    }
+    bitnet::cli::exit(run(Args::parse()).map(|()| EXIT_OK))
 }

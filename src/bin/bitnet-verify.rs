@@ -1,7 +1,7 @@
 //! bitnet-verify: the fast runner against the f32 reference on the same tokens.
 
 use anyhow::{Context, Result};
-use bitnet::cli::{EXIT_ERROR, EXIT_FAILED, EXIT_OK};
+use bitnet::cli::{EXIT_FAILED, EXIT_OK};
 use bitnet::format::BnetFile;
 use bitnet::kernels::Kernel;
 use bitnet::runner::compare::{compare, summarize};
@@ -102,14 +102,8 @@ fn run(a: Args) -> Result<u8> {
     }
     let kern = Kernel::selected().map_err(anyhow::Error::msg)?;
     let tok = Tokenizer::from_container(&f);
-    let prompt = match (&a.ids, &a.prompt) {
-        (Some(ids), _) => ids.clone(),
-        (None, Some(p)) => tok
-            .as_ref()
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-            .encode(p)?,
-        _ => unreachable!("clap requires one"),
-    };
+    let prompt = bitnet::tokenizer::prompt_ids(a.ids.as_deref(), a.prompt.as_deref(), &tok)?
+        .expect("clap requires --prompt or --ids");
     bitnet::runner::check_ids(&w.cfg, &prompt)?;
     if prompt.len() + a.tokens > w.cfg.max_position_embeddings as usize {
         anyhow::bail!(
@@ -231,11 +225,5 @@ fn run(a: Args) -> Result<u8> {
 }
 
 fn main() -> ExitCode {
-    match run(Args::parse()) {
-        Ok(c) => ExitCode::from(c),
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(EXIT_ERROR)
-        }
-    }
+    bitnet::cli::exit(run(Args::parse()))
 }

@@ -6,6 +6,18 @@
 
 use std::arch::x86_64::*;
 
+/// The 2-bit codes of field `j` of 32 packed bytes, as bytes 0..=2.
+#[inline(always)]
+unsafe fn field_avx2(v: __m256i, j: usize, mask: __m256i) -> __m256i {
+    let shifted = match j {
+        0 => v,
+        1 => _mm256_srli_epi16::<2>(v),
+        2 => _mm256_srli_epi16::<4>(v),
+        _ => _mm256_srli_epi16::<6>(v),
+    };
+    _mm256_and_si256(shifted, mask)
+}
+
 /// # Safety
 /// The CPU must support AVX2. `act.len() == 4 * row.len()`, `row.len()` a multiple of 64.
 #[target_feature(enable = "avx2")]
@@ -20,13 +32,7 @@ pub unsafe fn dot_t2_offset_avx2(row: &[u8], act: &[i8]) -> i32 {
             // bytes 32h..32h+31 hold elements 32h + m + 64j
             let v = _mm256_loadu_si256(block.as_ptr().add(32 * half) as *const __m256i);
             for j in 0..4 {
-                let shifted = match j {
-                    0 => v,
-                    1 => _mm256_srli_epi16::<2>(v),
-                    2 => _mm256_srli_epi16::<4>(v),
-                    _ => _mm256_srli_epi16::<6>(v),
-                };
-                let codes = _mm256_and_si256(shifted, mask);
+                let codes = field_avx2(v, j, mask);
                 let x = _mm256_loadu_si256(a.as_ptr().add(64 * j + 32 * half) as *const __m256i);
                 blk = _mm256_add_epi16(blk, _mm256_maddubs_epi16(codes, x));
             }
@@ -53,13 +59,7 @@ pub unsafe fn dot_t2_offset_x4_avx2(row: &[u8], act: [&[i8]; 4]) -> [i32; 4] {
         for half in 0..2 {
             let v = _mm256_loadu_si256(block.as_ptr().add(32 * half) as *const __m256i);
             for j in 0..4 {
-                let shifted = match j {
-                    0 => v,
-                    1 => _mm256_srli_epi16::<2>(v),
-                    2 => _mm256_srli_epi16::<4>(v),
-                    _ => _mm256_srli_epi16::<6>(v),
-                };
-                let codes = _mm256_and_si256(shifted, mask);
+                let codes = field_avx2(v, j, mask);
                 let off = 256 * b + 64 * j + 32 * half;
                 for t in 0..4 {
                     let x = _mm256_loadu_si256(act[t].as_ptr().add(off) as *const __m256i);
