@@ -5,6 +5,29 @@
 use crate::error::{Error, Result};
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// Temporary outputs in progress, removed by the Ctrl-C handler before the process exits.
+static PENDING: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// On the first call, installs a SIGINT/SIGTERM handler that removes every temporary output in
+/// progress and exits with 130, so an interrupted run leaves nothing behind. (SIGKILL cannot be
+/// caught: then a `.NAME.XXXXXX.tmp` file may remain; it never takes the final name, and later
+/// runs use fresh random names, so it is harmless and can be deleted.)
+fn install_interrupt_handler() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = ctrlc::set_handler(|| {
+            if let Ok(p) = PENDING.lock() {
+                p.iter().for_each(|f| {
+                    let _ = std::fs::remove_file(f);
+                });
+            }
+            eprintln!("\ninterrupted: the partial output was removed");
+            std::process::exit(130);
+        });
+    });
+}
 
 /// An output file that appears under its name only when `commit` succeeds.
 pub struct AtomicFile {
@@ -43,9 +66,13 @@ impl AtomicFile {
             use std::os::unix::fs::PermissionsExt;
             builder.permissions(std::fs::Permissions::from_mode(0o644));
         }
+        install_interrupt_handler();
         let tmp = builder
             .tempfile_in(&parent)
             .map_err(|e| write_error(dest, e))?;
+        if let Ok(mut p) = PENDING.lock() {
+            p.push(tmp.path().to_path_buf());
+        }
         Ok(AtomicFile {
             tmp,
             dest: dest.to_path_buf(),
@@ -68,6 +95,10 @@ impl AtomicFile {
             .as_file()
             .sync_all()
             .map_err(|e| write_error(&dest, e))?;
+        // (an output dropped on an error path stays listed; removing a missing file is harmless)
+        if let Ok(mut p) = PENDING.lock() {
+            p.retain(|f| f != self.tmp.path());
+        }
         let res = if self.force {
             self.tmp.persist(&dest)
         } else {

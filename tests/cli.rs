@@ -514,3 +514,145 @@ fn error_disk_full() {
         );
     }
 }
+
+/// A checkpoint big enough (~190 MB) that packing takes long enough to be interrupted.
+fn medium(dir: &Path) -> PathBuf {
+    let spec = SynthSpec {
+        hidden: 1024,
+        intermediate: 2816,
+        layers: 6,
+        heads: 8,
+        kv_heads: 4,
+        vocab: 32000,
+        tied: true,
+        packed: false,
+    };
+    let m = dir.join("medium");
+    write_checkpoint(&m, &spec, 3).unwrap();
+    m
+}
+
+fn leftovers(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect()
+}
+
+fn signal(pid: u32, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    let _ = ok; // the process may already have finished
+}
+
+/// SIGKILL at different points never leaves a file under the output name (only, possibly, a
+/// `.NAME.XXXXXX.tmp`), and a later run succeeds; SIGINT removes the temporary file too.
+#[test]
+fn interrupted_pack_never_leaves_a_partial_output() {
+    let d = tempfile::tempdir().unwrap();
+    let m = medium(d.path());
+    let outdir = d.path().join("out");
+    std::fs::create_dir(&outdir).unwrap();
+    let out = outdir.join("m.bnet");
+    let bin = assert_cmd::cargo::cargo_bin("bitnet-pack");
+    for delay_ms in [0u64, 20, 60, 150, 300] {
+        let mut child = std::process::Command::new(&bin)
+            .arg(&m)
+            .arg(&out)
+            .arg("--quiet")
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        signal(child.id(), "-KILL");
+        let status = child.wait().unwrap();
+        if out.exists() {
+            // it finished before the kill: then it must be whole
+            assert!(status.success());
+            assert!(cmd("bitnet-inspect")
+                .arg(&out)
+                .arg("--verify")
+                .output()
+                .unwrap()
+                .status
+                .success());
+            std::fs::remove_file(&out).unwrap();
+        }
+        for name in leftovers(&outdir) {
+            assert!(
+                name.starts_with(".m.bnet.") && name.ends_with(".tmp"),
+                "{name}"
+            );
+        }
+    }
+    // interrupted politely: exit 130 and nothing new left behind
+    let before = leftovers(&outdir).len();
+    let mut child = std::process::Command::new(&bin)
+        .arg(&m)
+        .arg(&out)
+        .arg("--quiet")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(80));
+    signal(child.id(), "-INT");
+    let o = child.wait_with_output().unwrap();
+    if o.status.code() == Some(130) {
+        assert!(!out.exists());
+        assert!(String::from_utf8_lossy(&o.stderr).contains("interrupted"));
+    } else {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        std::fs::remove_file(&out).unwrap();
+    }
+    assert_eq!(
+        leftovers(&outdir).len(),
+        before,
+        "SIGINT left a temporary file"
+    );
+    // and a clean run afterwards works despite stale temporaries
+    assert!(pack(&m, &out, &[]).status.success());
+    assert!(cmd("bitnet-inspect")
+        .arg(&out)
+        .arg("--verify")
+        .output()
+        .unwrap()
+        .status
+        .success());
+}
+
+/// Many threads and processes verifying and running the same file at once agree.
+#[test]
+fn concurrent_readers_agree() {
+    let d = tempfile::tempdir().unwrap();
+    let b = packed_bnet(d.path());
+    let outs: Vec<_> = (0..6)
+        .map(|_| {
+            std::process::Command::new(assert_cmd::cargo::cargo_bin("bitnet-inspect"))
+                .arg(&b)
+                .args(["--verify", "--json"])
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut hashes = std::collections::BTreeSet::new();
+    for c in outs {
+        let o = c.wait_with_output().unwrap();
+        assert!(o.status.success());
+        let j: Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(j["verify"]["ok"], true);
+        hashes.insert(j["file_bytes"].to_string());
+    }
+    assert_eq!(hashes.len(), 1);
+    let f = bitnet::format::BnetFile::open(&b).unwrap();
+    std::thread::scope(|s| {
+        let hs: Vec<_> = (0..8)
+            .map(|_| s.spawn(|| bitnet::format::bnet::verify(&f.index, &f.map).ok()))
+            .collect();
+        assert!(hs.into_iter().all(|h| h.join().unwrap()));
+    });
+}
