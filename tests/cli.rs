@@ -591,7 +591,7 @@ fn interrupted_pack_never_leaves_a_partial_output() {
     }
     // interrupted politely: exit 130 and nothing new left behind
     let before = leftovers(&outdir).len();
-    let mut child = std::process::Command::new(&bin)
+    let child = std::process::Command::new(&bin)
         .arg(&m)
         .arg(&out)
         .arg("--quiet")
