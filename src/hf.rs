@@ -270,8 +270,9 @@ fn find_shards(dir: &Path) -> Result<Vec<PathBuf>> {
     .map(|p| vec![p])
 }
 
-/// Validates a safetensors header and lists its tensors. Errors say what is wrong.
-fn parse_safetensors(
+/// Validates a safetensors file (over its bytes) and lists its tensors with absolute byte
+/// ranges, which are checked to lie inside `buf`. Errors say what is wrong.
+pub fn parse_safetensors(
     buf: &[u8],
     shard: usize,
 ) -> std::result::Result<Vec<(String, SrcTensor)>, String> {
