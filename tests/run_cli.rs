@@ -303,3 +303,42 @@ fn verify_against_another_reference() {
     assert!(kl > 0.0 && kl < 1e-3, "int8 head KL {kl}");
     assert_eq!(o.status.code(), Some(0));
 }
+
+/// A container that is self-consistent (every checksum right) but holds the invalid T2 code 3
+/// is refused by the runner, and flagged by verify, instead of being run with a weight of +2.
+#[test]
+fn runner_refuses_invalid_codes_even_with_valid_checksums() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = packed("bitnet-latent", tmp.path(), &[]);
+    let f = bitnet::format::BnetFile::open(&m).unwrap();
+    let bad = tmp.path().join("bad.bnet");
+    let mut w =
+        bitnet::format::bnet::Writer::new(std::fs::File::create(&bad).unwrap(), &bad).unwrap();
+    for e in &f.index.entries {
+        let mut data = f.data(e).to_vec();
+        if e.name == "model.layers.1.mlp.up_proj.weight" {
+            data[5] = 0xff; // four fields of code 3
+        }
+        w.tensor(&e.name, e.dtype, &e.shape, e.scale, &data)
+            .unwrap();
+    }
+    w.finish(&f.index.meta).unwrap();
+    let o = Command::cargo_bin("bitnet-run")
+        .unwrap()
+        .arg(&bad)
+        .args(["--ids", "0,42"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr)
+        .contains("model.layers.1.mlp.up_proj.weight holds invalid packed codes"));
+    let o = Command::cargo_bin("bitnet-inspect")
+        .unwrap()
+        .arg(&bad)
+        .arg("--verify")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stdout)
+        .contains("model.layers.1.mlp.up_proj.weight: invalid code 3"));
+}

@@ -122,6 +122,13 @@ impl<'a> Weights<'a> {
                     e.shape
                 )));
             }
+            // A file can be self-consistent (checksums included) and still hold code 3, which
+            // a kernel would run as weight +2: refuse it here rather than compute nonsense.
+            if !crate::quant::packed_is_canonical(e, f.data(e)) {
+                return Err(Error::format(format!(
+                    "{name} holds invalid packed codes (code 3 or non-zero padding); the file is damaged or was not written by bitnet-pack"
+                )));
+            }
             Ok(Linear {
                 data: f.data(e),
                 dtype: e.dtype,
