@@ -55,3 +55,103 @@ pub fn prompt_ids(
         (None, None) => Ok(None),
     }
 }
+
+impl Tokenizer {
+    /// Token ids of already templated text: no special tokens are added (the chat template
+    /// writes them itself), as transformers' `apply_chat_template(tokenize=True)` does.
+    pub fn encode_raw(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self
+            .0
+            .encode(text, false)
+            .map_err(|e| Error::Usage(format!("cannot tokenize the prompt: {e}")))?;
+        Ok(enc.get_ids().to_vec())
+    }
+}
+
+/// The model's chat template: `chat_template.jinja`, or `chat_template` in
+/// `tokenizer_config.json`, rendered with minijinja the way transformers renders it.
+pub struct ChatTemplate {
+    source: String,
+    bos: String,
+    eos: String,
+}
+
+/// A special token in tokenizer_config.json: a string or `{"content": ...}`.
+fn token_text(v: Option<&serde_json::Value>) -> String {
+    match v {
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(o) => o
+            .get("content")
+            .and_then(|c| c.as_str())
+            .unwrap_or("")
+            .to_string(),
+        None => String::new(),
+    }
+}
+
+impl ChatTemplate {
+    /// `None` when the model has no chat template.
+    pub fn from_container(f: &BnetFile) -> Result<Option<ChatTemplate>> {
+        let cfg: serde_json::Value = match f.index.get("file:tokenizer_config.json") {
+            Some(e) => serde_json::from_slice(f.data(e)).map_err(|e| {
+                Error::format(format!(
+                    "the stored tokenizer_config.json is not valid JSON: {e}"
+                ))
+            })?,
+            None => serde_json::Value::Null,
+        };
+        let from_cfg = match cfg.get("chat_template") {
+            Some(serde_json::Value::String(s)) => Some(s.clone()),
+            // a list of named templates: take "default"
+            Some(serde_json::Value::Array(list)) => list
+                .iter()
+                .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
+                .and_then(|t| t.get("template").and_then(|s| s.as_str()))
+                .map(str::to_string),
+            _ => None,
+        };
+        let source = match f.index.get("file:chat_template.jinja") {
+            Some(e) => Some(String::from_utf8_lossy(f.data(e)).into_owned()),
+            None => from_cfg,
+        };
+        Ok(source.map(|source| ChatTemplate {
+            source,
+            bos: token_text(cfg.get("bos_token")),
+            eos: token_text(cfg.get("eos_token")),
+        }))
+    }
+
+    /// Renders `(role, content)` messages, ending with the assistant's turn when
+    /// `add_generation_prompt`.
+    pub fn render(&self, messages: &[(&str, &str)], add_generation_prompt: bool) -> Result<String> {
+        let mut env = minijinja::Environment::new();
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> std::result::Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    msg,
+                ))
+            },
+        );
+        let bad = |e: minijinja::Error| {
+            Error::Usage(format!(
+                "the model's chat template cannot be rendered ({e}); run without --chat and write the prompt format yourself"
+            ))
+        };
+        env.add_template("chat", &self.source).map_err(bad)?;
+        let msgs: Vec<_> = messages
+            .iter()
+            .map(|(r, c)| minijinja::context! { role => *r, content => *c })
+            .collect();
+        env.get_template("chat")
+            .map_err(bad)?
+            .render(minijinja::context! {
+                messages => msgs,
+                add_generation_prompt => add_generation_prompt,
+                bos_token => &self.bos,
+                eos_token => &self.eos,
+            })
+            .map_err(bad)
+    }
+}

@@ -342,3 +342,32 @@ fn runner_refuses_invalid_codes_even_with_valid_checksums() {
     assert!(String::from_utf8_lossy(&o.stdout)
         .contains("model.layers.1.mlp.up_proj.weight: invalid code 3"));
 }
+
+/// The fixture's chat template renders as transformers' `apply_chat_template` would (BOS from
+/// the template itself, no second BOS from the tokenizer), and `--chat` generates from it.
+#[test]
+fn chat_template_renders_and_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = packed("bitnet-latent", tmp.path(), &[]);
+    let f = bitnet::format::BnetFile::open(&m).unwrap();
+    let t = bitnet::tokenizer::ChatTemplate::from_container(&f)
+        .unwrap()
+        .expect("the fixture has a chat template");
+    let text = t.render(&[("user", "Who made the heaven?")], true).unwrap();
+    assert_eq!(
+        text,
+        "<|begin_of_text|>user: Who made the heaven?\nassistant:"
+    );
+    let tok = bitnet::tokenizer::Tokenizer::from_container(&f).unwrap();
+    let ids = tok.encode_raw(&text).unwrap();
+    assert_eq!(ids[0], 0);
+    assert_ne!(ids[1], 0, "BOS must not be doubled");
+    let o = Command::cargo_bin("bitnet-run")
+        .unwrap()
+        .arg(&m)
+        .args(["--prompt", "Who made the heaven?", "--chat", "-n", "8"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(!o.stdout.is_empty());
+}

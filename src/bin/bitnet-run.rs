@@ -31,6 +31,9 @@ struct Args {
     /// Prompt text
     #[arg(long, conflicts_with = "ids")]
     prompt: Option<String>,
+    /// Wrap the prompt as a user message in the model's chat template (from the container)
+    #[arg(long, requires = "prompt")]
+    chat: bool,
     /// Token ids instead of text, comma separated
     #[arg(long, value_delimiter = ',')]
     ids: Option<Vec<u32>>,
