@@ -1,25 +1,31 @@
 //! The f32 reference: the forward pass written to be obviously correct, mirroring transformers'
-//! BitNet / Llama code line by line. No cache, no threads, no SIMD: every position is
+//! BitNet / Llama code line by line. No cache, no SIMD kernels: every position is
 //! recomputed from scratch and every weight is unpacked to {−1, 0, +1} before it is used.
+//! (Rows of a projection are computed in parallel; that cannot change any result.)
 
 use super::ops::{dot, gated, rms_norm, rope, rope_inv_freq, softmax};
 use super::weights::{Linear, Weights};
 use crate::error::Result;
 use crate::kernels::quantize_act;
 use crate::quant::unpack_row;
+use rayon::prelude::*;
 
 /// `y = W x` with per-token int8 activations: the integer dot product over unpacked weights,
-/// then the checkpoint's scale arithmetic.
+/// then the checkpoint's scale arithmetic. Rows are independent, so computing them on several
+/// threads changes nothing in the result; it only makes the reference usable on 2B models.
 pub fn linear(l: &Linear, x: &[f32]) -> Vec<f32> {
     let mut q = vec![0i8; l.k_padded()];
     let (s_a, _) = quantize_act(x, &mut q);
-    let mut w = vec![0i8; l.k];
     (0..l.rows)
-        .map(|r| {
-            unpack_row(l.dtype, l.row(r), &mut w);
-            let d: i32 = w.iter().zip(&q).map(|(&a, &b)| a as i32 * b as i32).sum();
-            l.finish(d, s_a)
-        })
+        .into_par_iter()
+        .map_init(
+            || vec![0i8; l.k],
+            |w, r| {
+                unpack_row(l.dtype, l.row(r), w);
+                let d: i32 = w.iter().zip(&q).map(|(&a, &b)| a as i32 * b as i32).sum();
+                l.finish(d, s_a)
+            },
+        )
         .collect()
 }
 
