@@ -656,3 +656,71 @@ fn concurrent_readers_agree() {
         assert!(hs.into_iter().all(|h| h.join().unwrap()));
     });
 }
+
+/// Runs a binary under a 1 GiB address-space limit: a reader that trusted a declared size and
+/// allocated it would abort instead of printing a clean error.
+fn limited(bin: &str, args: &[&Path]) -> std::process::Output {
+    let mut script = format!(
+        "ulimit -v 1048576; exec {}",
+        assert_cmd::cargo::cargo_bin(bin).display()
+    );
+    for a in args {
+        script.push_str(&format!(" '{}'", a.display()));
+    }
+    std::process::Command::new("sh")
+        .args(["-c", &script])
+        .output()
+        .unwrap()
+}
+
+/// Declared sizes far larger than the file are rejected before any large allocation.
+#[test]
+fn huge_declared_sizes_are_rejected_cheaply() {
+    let d = tempfile::tempdir().unwrap();
+    let m = synth(d.path(), false);
+    // safetensors: a header that declares a 1 TB tensor in a tiny file
+    let f = m.join("model.safetensors");
+    let hdr = br#"{"model.embed_tokens.weight":{"dtype":"BF16","shape":[500000000,1000],"data_offsets":[0,1000000000000]}}"#;
+    let mut bytes = (hdr.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(hdr);
+    bytes.extend_from_slice(&[0u8; 64]);
+    std::fs::write(&f, &bytes).unwrap();
+    let out = d.path().join("o.bnet");
+    let o = limited("bitnet-pack", &[&m, &out]);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("truncated or corrupt safetensors"));
+    // safetensors: a header length of 2^60
+    let mut bytes = (1u64 << 60).to_le_bytes().to_vec();
+    bytes.extend_from_slice(b"{}");
+    std::fs::write(&f, &bytes).unwrap();
+    let o = limited("bitnet-pack", &[&m, &out]);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+
+    // .bnet: an index that claims a million tensors and 64 MiB of names in a small file
+    let b = packed_bnet(d.path());
+    let mut bytes = std::fs::read(&b).unwrap();
+    bytes[32..40].copy_from_slice(&(1u64 << 20).to_le_bytes());
+    bytes[40..48].copy_from_slice(&(64u64 << 20).to_le_bytes());
+    let h = blake3::hash(&bytes[..112]);
+    bytes[112..128].copy_from_slice(&h.as_bytes()[..16]); // a valid header check: only the sizes lie
+    let bad = d.path().join("huge.bnet");
+    std::fs::write(&bad, &bytes).unwrap();
+    let o = limited("bitnet-inspect", &[&bad]);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("do not tile the end of the file"));
+}

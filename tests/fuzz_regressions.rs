@@ -1,0 +1,96 @@
+//! Replays the fuzz seeds (`fuzz/corpus/<target>/`) and every reproducer the fuzzers found
+//! (`tests/data/fuzz/<target>-<n>.bin`) through the fuzz targets' invariants, on stable.
+//! The invariants are the fuzz crate's own code (`fuzz/src/lib.rs`), included here so the
+//! two cannot drift apart. See fuzz/README.md.
+
+#[path = "../fuzz/src/lib.rs"]
+mod checks;
+
+use std::path::{Path, PathBuf};
+
+fn files(dir: &Path) -> Vec<PathBuf> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut v: Vec<PathBuf> = rd
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.is_file())
+        .collect();
+    v.sort();
+    v
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Seeds and reproducers of one target: (file name, bytes).
+fn inputs(target: &str) -> Vec<(String, Vec<u8>)> {
+    let mut paths = files(&root().join("fuzz/corpus").join(target));
+    paths.extend(
+        files(&root().join("tests/data/fuzz"))
+            .into_iter()
+            .filter(|p| {
+                let n = p.file_name().unwrap().to_string_lossy();
+                n.starts_with(&format!("{target}-")) && n.ends_with(".bin")
+            }),
+    );
+    paths
+        .into_iter()
+        .map(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            (name, std::fs::read(&p).expect("read fuzz input"))
+        })
+        .collect()
+}
+
+#[test]
+fn bnet_open_inputs() {
+    let inputs = inputs("bnet_open");
+    assert!(inputs.len() >= 5, "fuzz/corpus/bnet_open is missing");
+    for (name, data) in &inputs {
+        eprintln!("bnet_open: {name}");
+        checks::check_bnet_open(data);
+        // The valid seeds must keep opening (and, but for the one with a code 3, verifying):
+        // if the format changes on purpose, regenerate them (fuzz/README.md).
+        if name.starts_with("fixture-") || name.starts_with("mini-") {
+            let index = checks::check_bnet_bytes(data, true)
+                .unwrap_or_else(|| panic!("seed {name} no longer opens"));
+            let ok = bitnet::format::bnet::verify(&index, data).ok();
+            assert_eq!(
+                ok,
+                !name.contains("code3"),
+                "seed {name}: verify gives {ok}"
+            );
+        }
+    }
+}
+
+#[test]
+fn safetensors_import_inputs() {
+    let inputs = inputs("safetensors_import");
+    assert!(
+        inputs.len() >= 5,
+        "fuzz/corpus/safetensors_import is missing"
+    );
+    for (name, data) in &inputs {
+        eprintln!("safetensors_import: {name}");
+        checks::check_safetensors(data);
+        if name.starts_with("fixture-") {
+            assert!(
+                bitnet::hf::parse_safetensors(data, 0).is_ok(),
+                "{name} no longer parses"
+            );
+        }
+    }
+}
+
+#[test]
+fn tokenizer_prompt_inputs() {
+    let inputs = inputs("tokenizer_prompt");
+    assert!(inputs.len() >= 3, "fuzz/corpus/tokenizer_prompt is missing");
+    for (name, data) in &inputs {
+        eprintln!("tokenizer_prompt: {name}");
+        checks::check_tokenizer(data);
+    }
+}
