@@ -639,3 +639,65 @@ pub fn unpack<W: Write>(
     out.flush().map_err(io)?;
     Ok((out, tensors.len()))
 }
+
+/// config.json for an unpacked model directory that transformers can load: the original,
+/// without `quantization_config` (the weights are now plain dequantized floats, so the quantizer
+/// must not run again), and for 1bitLLM checkpoints, whose sub-norms are stored under the BitNet
+/// names, declared as the equivalent transformers BitNet model.
+pub fn unpacked_config(index: &Index, bytes: &[u8]) -> Result<Vec<u8>> {
+    let e = index
+        .get("file:config.json")
+        .ok_or_else(|| Error::format("the blob file:config.json is missing"))?;
+    let mut cfg: Value = serde_json::from_slice(index.data(bytes, e))
+        .map_err(|e| Error::format(format!("the stored config.json is not valid JSON: {e}")))?;
+    let obj = cfg
+        .as_object_mut()
+        .ok_or_else(|| Error::format("the stored config.json is not a JSON object"))?;
+    obj.remove("quantization_config");
+    if index.meta.get("family").and_then(Value::as_str) == Some("1bitllm-latent") {
+        obj.insert("model_type".into(), "bitnet".into());
+        obj.insert("architectures".into(), json!(["BitNetForCausalLM"]));
+    }
+    Ok(serde_json::to_vec_pretty(&cfg).expect("serializes"))
+}
+
+/// Writes a loadable Hugging Face model directory into `dir` (which must exist and be empty):
+/// `model.safetensors` (as [`unpack`]), `config.json` (as [`unpacked_config`]) and every stored
+/// tokenizer / generation file verbatim.
+pub fn unpack_dir(
+    index: &Index,
+    bytes: &[u8],
+    dir: &Path,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<usize> {
+    let st = dir.join("model.safetensors");
+    let file = std::fs::File::create(&st).map_err(|e| crate::output::write_error(&st, e))?;
+    let (w, n) = unpack(
+        index,
+        bytes,
+        std::io::BufWriter::with_capacity(8 << 20, file),
+        &st,
+        progress,
+    )?;
+    w.into_inner()
+        .map_err(|e| crate::output::write_error(&st, e.into_error()))?
+        .sync_all()
+        .map_err(|e| crate::output::write_error(&st, e))?;
+    let write = |name: &str, data: &[u8]| {
+        let p = dir.join(name);
+        std::fs::write(&p, data).map_err(|e| crate::output::write_error(&p, e))
+    };
+    write("config.json", &unpacked_config(index, bytes)?)?;
+    for e in &index.entries {
+        if let Some(name) = e.name.strip_prefix("file:").filter(|n| *n != "config.json") {
+            // blob names come from a fixed list at pack time, but the file is untrusted
+            if name.contains('/') || name.contains('\\') || name.starts_with('.') {
+                return Err(Error::format(format!(
+                    "blob name {name:?} is not a plain file name"
+                )));
+            }
+            write(name, index.data(bytes, e))?;
+        }
+    }
+    Ok(n)
+}

@@ -724,3 +724,38 @@ fn huge_declared_sizes_are_rejected_cheaply() {
     );
     assert!(String::from_utf8_lossy(&o.stderr).contains("do not tile the end of the file"));
 }
+
+/// Unpacking into a directory gives a model transformers can load: dequantized weights,
+/// config.json without quantization_config, tokenizer files; an existing directory is refused.
+#[test]
+fn unpack_to_model_directory() {
+    let d = tempfile::tempdir().unwrap();
+    let b = packed_bnet(d.path());
+    let out = d.path().join("unpacked");
+    let o = pack(&b, &out, &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for f in ["model.safetensors", "config.json", "tokenizer.json"] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    let cfg: Value =
+        serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+    assert!(cfg.get("quantization_config").is_none());
+    assert_eq!(cfg["hidden_size"], 72);
+    assert_eq!(
+        read_f32s(
+            &out.join("model.safetensors"),
+            "model.layers.0.self_attn.q_proj.weight"
+        )
+        .len(),
+        72 * 72
+    );
+    let o = pack(&b, &out, &["--force"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("never overwrites"));
+    let leftovers: Vec<_> = std::fs::read_dir(d.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty());
+}

@@ -88,13 +88,16 @@ fn has_ext(p: &Path, ext: &str) -> bool {
 
 fn run(a: Args) -> Result<()> {
     if is_bnet(&a.input) || has_ext(&a.input, "bnet") {
-        if !has_ext(&a.output, "safetensors") {
+        if has_ext(&a.output, "bnet") {
             bail!(
-                "{}: unpacking a .bnet writes a .safetensors file; name the output *.safetensors",
+                "{}: unpacking a .bnet writes a .safetensors file or a model directory, not another .bnet",
                 a.output.display()
             );
         }
-        return run_unpack(&a);
+        if has_ext(&a.output, "safetensors") {
+            return run_unpack(&a);
+        }
+        return run_unpack_dir(&a);
     }
     if !has_ext(&a.output, "bnet") {
         bail!(
@@ -186,6 +189,50 @@ fn run_unpack(a: &Args) -> Result<()> {
         println!("{}", serde_json::json!({"output": a.output, "tensors": n}));
     } else if !a.quiet {
         eprintln!("wrote {}: {n} tensors", a.output.display());
+    }
+    Ok(())
+}
+
+/// Unpacks into a Hugging Face model directory, built in a temporary directory beside it and
+/// renamed into place when complete.
+fn run_unpack_dir(a: &Args) -> Result<()> {
+    let dest = &a.output;
+    if dest.exists() {
+        bail!(
+            "{}: already exists; unpacking into a directory never overwrites one (remove it first)",
+            dest.display()
+        );
+    }
+    let parent = match dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !parent.is_dir() {
+        bail!(
+            "{}: output directory {} does not exist; create it first",
+            dest.display(),
+            parent.display()
+        );
+    }
+    let f = BnetFile::open(&a.input).with_context(|| a.input.display().to_string())?;
+    let name = dest.file_name().and_then(|n| n.to_str()).unwrap_or("out");
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".tmp")
+        .tempdir_in(&parent)
+        .map_err(|e| bitnet::output::write_error(dest, e))?;
+    let total = f.index.entries.iter().map(|e| e.len).sum();
+    let pb = progress_bar(total, "unpacking", a.quiet || a.json);
+    let n = bitnet::pack::unpack_dir(&f.index, &f.map, tmp.path(), &|b| pb.inc(b))?;
+    std::fs::rename(tmp.keep(), dest).map_err(|e| bitnet::output::write_error(dest, e))?;
+    pb.finish_and_clear();
+    if a.json {
+        println!("{}", serde_json::json!({"output": dest, "tensors": n}));
+    } else if !a.quiet {
+        eprintln!(
+            "wrote {}: model.safetensors ({n} tensors, dequantized), config.json, tokenizer files",
+            dest.display()
+        );
     }
     Ok(())
 }
