@@ -724,7 +724,7 @@ pub fn verify(index: &Index, bytes: &[u8]) -> VerifyReport {
             *h.finalize().as_bytes() == index.body_blake3
         },
     );
-    let problems = index
+    let mut problems: Vec<String> = index
         .entries
         .par_iter()
         .filter(|e| {
@@ -737,6 +737,21 @@ pub fn verify(index: &Index, bytes: &[u8]) -> VerifyReport {
             )
         })
         .collect();
+    // Alignment padding between tensors (and before the index) MUST be zero (formats/bnet.md
+    // §3); the body checksum covers it, but a file can be consistent and still break the rule.
+    for (i, e) in index.entries.iter().enumerate() {
+        let end = (e.offset + e.len) as usize;
+        let next = match index.entries.get(i + 1) {
+            Some(n) => n.offset as usize,
+            None => align_up(end as u64, 8).unwrap_or(end as u64) as usize,
+        };
+        if bytes
+            .get(end..next)
+            .is_some_and(|pad| pad.iter().any(|&b| b != 0))
+        {
+            problems.push(format!("{}: non-zero padding after the tensor", e.name));
+        }
+    }
     VerifyReport {
         bad_tensors: bad,
         body_ok: body,
