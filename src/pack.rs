@@ -269,6 +269,11 @@ fn convert<W: Write + Seek>(
                 (false, QuantKind::Ternary) => ScaleOp::Divide.name(),
                 (false, QuantKind::Binary) => ScaleOp::Multiply.name(),
             },
+            "parameters": match (ck.family.is_packed(), opts.quant) {
+                (true, _) => json!({"codes": "copied from the uint8 checkpoint", "scale": "weight_scale as stored"}),
+                (false, QuantKind::Ternary) => json!({"scale": "s = 1/max(mean|W|, 1e-5) per tensor, f32 (mean accumulated in f64)", "rounding": "half to even", "clamp": [-1, 1]}),
+                (false, QuantKind::Binary) => json!({"codes": "+1 where W - mean(W) > 0, else -1", "scale": "beta = mean|W| per tensor, f32"}),
+            },
             "embeddings": store_name(opts.embeddings),
             "lm_head": match (cfg.tie_word_embeddings, opts.lm_head) {
                 (true, StoreAs::Keep) => "tied".to_string(),

@@ -759,3 +759,58 @@ fn unpack_to_model_directory() {
         .collect();
     assert!(leftovers.is_empty());
 }
+
+/// A lone .safetensors file with its config and tokenizer passed from elsewhere.
+#[test]
+fn pack_single_file_with_explicit_config_and_tokenizer() {
+    let d = tempfile::tempdir().unwrap();
+    let m = synth(d.path(), false);
+    let (w, c, t) = (
+        d.path().join("weights"),
+        d.path().join("meta"),
+        d.path().join("tok"),
+    );
+    for dir in [&w, &c, &t] {
+        std::fs::create_dir(dir).unwrap();
+    }
+    std::fs::rename(m.join("model.safetensors"), w.join("weights.safetensors")).unwrap();
+    std::fs::rename(m.join("config.json"), c.join("config.json")).unwrap();
+    std::fs::rename(m.join("tokenizer.json"), t.join("tokenizer.json")).unwrap();
+    let out = d.path().join("o.bnet");
+    let o = cmd("bitnet-pack")
+        .arg(w.join("weights.safetensors"))
+        .arg(&out)
+        .arg("--config")
+        .arg(c.join("config.json"))
+        .arg("--tokenizer")
+        .arg(t.join("tokenizer.json"))
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let j: Value = serde_json::from_slice(
+        &cmd("bitnet-inspect")
+            .arg(&out)
+            .arg("--json")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert!(j["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|f| f == "tokenizer.json"));
+    let srcs: Vec<&str> = j["provenance"]["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["file"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        srcs,
+        ["config.json", "tokenizer.json", "weights.safetensors"]
+    );
+    assert!(j["quantization"]["parameters"]["rounding"] == "half to even");
+}
