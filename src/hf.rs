@@ -2,7 +2,7 @@
 //! validated), tokenizer files, and the detection of the checkpoint family.
 
 use crate::error::{Error, Result};
-use crate::model::{Family, LinearClass, ModelConfig};
+use crate::model::{Family, ModelConfig};
 use crate::quant::Float;
 use memmap2::Mmap;
 use serde_json::Value;
@@ -313,14 +313,4 @@ pub fn parse_safetensors(
         ));
     }
     Ok(out)
-}
-
-impl LinearClass {
-    /// How the stored weight_scale applies for this class (see formats/bnet.md §5).
-    pub fn scale_op(self) -> crate::format::bnet::ScaleOp {
-        match self {
-            LinearClass::AutoBitLinear => crate::format::bnet::ScaleOp::Multiply,
-            LinearClass::BitLinear => crate::format::bnet::ScaleOp::Divide,
-        }
-    }
 }

@@ -380,3 +380,13 @@ pub fn source_name(family: Family, canonical: &str) -> String {
 pub fn is_ignorable(name: &str) -> bool {
     name.ends_with(".rotary_emb.inv_freq")
 }
+
+impl LinearClass {
+    /// How the stored weight_scale applies for this class (see formats/bnet.md §5).
+    pub fn scale_op(self) -> crate::format::bnet::ScaleOp {
+        match self {
+            LinearClass::AutoBitLinear => crate::format::bnet::ScaleOp::Multiply,
+            LinearClass::BitLinear => crate::format::bnet::ScaleOp::Divide,
+        }
+    }
+}
