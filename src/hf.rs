@@ -188,7 +188,7 @@ impl Checkpoint {
             }
             shards.push(Shard { path, map });
         }
-        let family = Family::detect(&config, family_hint, &tensors)
+        let family = Family::detect(family_hint, &tensors)
             .map_err(|m| Error::checkpoint(format!("{}: {m}", config_path.display())))?;
         Ok(Checkpoint {
             config_path,

@@ -92,7 +92,6 @@ impl Family {
 
     /// Decides the family from the config hint and the dtype of the first projection.
     pub fn detect(
-        cfg: &ModelConfig,
         hint: FamilyHint,
         tensors: &BTreeMap<String, SrcTensor>,
     ) -> Result<Family, String> {
@@ -101,7 +100,6 @@ impl Family {
             format!("the checkpoint has no {probe}: is this a decoder-only causal LM checkpoint?")
         })?;
         let packed = t.dtype == SrcDType::U8;
-        let _ = cfg;
         Ok(match (hint, packed) {
             (FamilyHint::Bitnet, false) => Family::BitnetLatent,
             (FamilyHint::Bitnet, true) => Family::BitnetPacked,
