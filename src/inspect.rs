@@ -131,7 +131,7 @@ impl Summary {
         );
         let _ = writeln!(
             s,
-            "quantization  {} weights ({}), scale {}s; embeddings {}, lm_head {}",
+            "quantization  {} weights ({}), scale op {}; embeddings {}, lm_head {}",
             g(q, "weights"),
             g(q, "method"),
             g(q, "scale_op"),
