@@ -77,22 +77,26 @@ pub fn first_non_finite(src: Float, bytes: &[u8]) -> Option<usize> {
     }
 }
 
-/// `(Σ|x|, Σx)` in f64, with eight independent accumulators so the loop vectorizes; the
-/// order is fixed, so the result is deterministic.
+/// `(Σ|x|, Σx)` in f64 (Σx only when `SIGNED`, else 0), with eight independent accumulators
+/// so the loop vectorizes; the order is fixed, so the result is deterministic.
 #[inline(always)]
-pub fn sums_f64(x: &[f32]) -> (f64, f64) {
+pub fn sums_f64<const SIGNED: bool>(x: &[f32]) -> (f64, f64) {
     let mut a = [0f64; 8];
     let mut s = [0f64; 8];
     let mut chunks = x.chunks_exact(8);
     for c in &mut chunks {
         for i in 0..8 {
             a[i] += c[i].abs() as f64;
-            s[i] += c[i] as f64;
+            if SIGNED {
+                s[i] += c[i] as f64;
+            }
         }
     }
     for (i, &v) in chunks.remainder().iter().enumerate() {
         a[i] += v.abs() as f64;
-        s[i] += v as f64;
+        if SIGNED {
+            s[i] += v as f64;
+        }
     }
     (a.iter().sum(), s.iter().sum())
 }
@@ -186,25 +190,10 @@ pub enum RowQuant {
 fn row_sums_generic(f: Float, src: &[u8], sc: &mut RowScratch, signed: bool) -> (f64, f64) {
     decode(f, src, &mut sc.x);
     if signed {
-        sums_f64(&sc.x)
+        sums_f64::<true>(&sc.x)
     } else {
-        (abs_sum_f64(&sc.x), 0.0)
+        sums_f64::<false>(&sc.x)
     }
-}
-
-#[inline(always)]
-fn abs_sum_f64(x: &[f32]) -> f64 {
-    let mut a = [0f64; 8];
-    let mut chunks = x.chunks_exact(8);
-    for c in &mut chunks {
-        for i in 0..8 {
-            a[i] += c[i].abs() as f64;
-        }
-    }
-    for (i, &v) in chunks.remainder().iter().enumerate() {
-        a[i] += v.abs() as f64;
-    }
-    a.iter().sum()
 }
 
 #[inline(always)]

@@ -17,13 +17,13 @@ use std::process::ExitCode;
     about = "Pack a BitNet / ternary Hugging Face checkpoint into a .bnet container, or unpack a .bnet to safetensors",
     long_about = "Pack a BitNet / ternary Hugging Face checkpoint into a .bnet container, or unpack a .bnet to safetensors.\n\n\
 The direction follows from the file types: IN a model directory or .safetensors file and OUT a .bnet packs; \
-IN a .bnet and OUT a .safetensors unpacks (dequantized f32 weights, the config in __metadata__).\n\n\
+IN a .bnet and OUT a .safetensors unpacks (dequantized f32 weights, the config in __metadata__); IN a .bnet and any other OUT writes a model directory transformers can load.\n\n\
 Exit codes: 0 success, 2 error (nothing is left under OUT)."
 )]
 struct Args {
     /// Model directory (config.json, *.safetensors or a sharded index, tokenizer files), a .safetensors file, or a .bnet to unpack
     input: PathBuf,
-    /// Output: a .bnet container, or a .safetensors file when unpacking
+    /// Output: a .bnet container; when unpacking, a .safetensors file or a new model directory
     output: PathBuf,
     /// config.json to use (default: the one beside the weights)
     #[arg(long)]
