@@ -8,6 +8,7 @@
 pub mod cli;
 pub mod error;
 pub mod format;
+pub mod gguf_io;
 pub mod hf;
 pub mod inspect;
 pub mod kernels;

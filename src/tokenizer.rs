@@ -121,6 +121,11 @@ impl ChatTemplate {
         }))
     }
 
+    /// The template text.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
     /// Renders `(role, content)` messages, ending with the assistant's turn when
     /// `add_generation_prompt`.
     pub fn render(&self, messages: &[(&str, &str)], add_generation_prompt: bool) -> Result<String> {

@@ -2,8 +2,11 @@
 
 use anyhow::{bail, Context, Result};
 use bitnet::cli::{peak_rss_bytes, progress_bar, EXIT_OK};
+use bitnet::format::gguf::{is_gguf, Gguf};
 use bitnet::format::{is_bnet, BnetFile};
+use bitnet::gguf_io::{export, import, ImportOptions, TernaryType};
 use bitnet::hf::{Checkpoint, Sources};
+use bitnet::model::Activation;
 use bitnet::output::{AtomicFile, BackgroundWriter};
 use bitnet::pack::{pack, unpack, PackOptions, QuantKind, StoreAs};
 use clap::{Parser, ValueEnum};
@@ -43,6 +46,15 @@ struct Args {
     /// How to store an untied lm_head
     #[arg(long, value_enum, default_value_t = Store::Keep)]
     lm_head: Store,
+    /// Ternary type of the projections when OUT is a .gguf: tq2_0 and tq1_0 load in llama.cpp (rows must be multiples of 256), i2_s in bitnet.cpp
+    #[arg(long, value_enum, default_value_t = GgufType::Tq2_0)]
+    gguf_type: GgufType,
+    /// GGUF import: the FFN activation, for files of architecture 'bitnet' that do not state it
+    #[arg(long, value_enum)]
+    activation: Option<Act>,
+    /// GGUF import: read type ids 36-39 as bitnet.cpp's (I2_S, ...) even though the file does not say it comes from bitnet.cpp
+    #[arg(long)]
+    bitnet_cpp: bool,
     /// Overwrite OUT if it exists
     #[arg(long)]
     force: bool,
@@ -60,6 +72,25 @@ enum Quant {
     Ternary,
     /// sign binary {-1, +1} (original BitNet), 1 bit per weight
     Binary,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum GgufType {
+    /// llama.cpp TQ2_0: 2.06 bits per weight, fp16 scale per 256 weights
+    #[value(name = "tq2_0")]
+    Tq2_0,
+    /// llama.cpp TQ1_0: 1.69 bits per weight (slower to decode)
+    #[value(name = "tq1_0")]
+    Tq1_0,
+    /// bitnet.cpp I2_S: 2 bits per weight, one f32 scale per tensor
+    #[value(name = "i2_s")]
+    I2s,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Act {
+    Relu2,
+    Silu,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -87,7 +118,21 @@ fn has_ext(p: &Path, ext: &str) -> bool {
 }
 
 fn run(a: Args) -> Result<()> {
+    let to_gguf = has_ext(&a.output, "gguf");
+    if is_gguf(&a.input) {
+        if !has_ext(&a.output, "bnet") {
+            bail!(
+                "{}: a GGUF input is imported into a .bnet container; name the output *.bnet",
+                a.output.display()
+            );
+        }
+        return run_import(&a);
+    }
     if is_bnet(&a.input) || has_ext(&a.input, "bnet") {
+        if to_gguf {
+            let f = BnetFile::open(&a.input).with_context(|| a.input.display().to_string())?;
+            return run_export(&a, &f);
+        }
         if has_ext(&a.output, "bnet") {
             bail!(
                 "{}: unpacking a .bnet writes a .safetensors file or a model directory, not another .bnet",
@@ -99,14 +144,35 @@ fn run(a: Args) -> Result<()> {
         }
         return run_unpack_dir(&a);
     }
+    if to_gguf {
+        // checkpoint -> GGUF goes through a container in an unlinked temporary file, so
+        // nothing is left behind whatever happens
+        AtomicFile::create(&a.output, a.force)?; // fail early on an existing OUT
+        let parent = a.output.parent().filter(|p| !p.as_os_str().is_empty());
+        let tmp = tempfile::tempfile_in(parent.unwrap_or(Path::new(".")))
+            .map_err(|e| bitnet::output::write_error(&a.output, e))?;
+        run_pack(&a, tmp.try_clone()?, &a.output)?;
+        let f = BnetFile::from_file(&tmp, &a.output)?;
+        return run_export(&a, &f);
+    }
     if !has_ext(&a.output, "bnet") {
         bail!(
-            "{}: the output of packing must be a .bnet file (GGUF export is not available yet)",
+            "{}: the output must be a .bnet container or a .gguf file",
             a.output.display()
         );
     }
-    let started = std::time::Instant::now();
     let mut out = AtomicFile::create(&a.output, a.force)?;
+    let file = out
+        .file()
+        .try_clone()
+        .map_err(|e| bitnet::output::write_error(&a.output, e))?;
+    run_pack(&a, file, &a.output)?;
+    Ok(out.commit()?)
+}
+
+/// Packs the checkpoint IN into `file` (`dest` names the output in messages).
+fn run_pack(a: &Args, file: std::fs::File, dest: &Path) -> Result<()> {
+    let started = std::time::Instant::now();
     let ck = Checkpoint::open(
         &a.input,
         &Sources {
@@ -137,18 +203,12 @@ fn run(a: Args) -> Result<()> {
         embeddings: a.embeddings.into(),
         lm_head: a.lm_head.into(),
     };
-    let dest = a.output.clone();
-    let file = out
-        .file()
-        .try_clone()
-        .map_err(|e| bitnet::output::write_error(&dest, e))?;
-    let (mut sink, report) = pack(&ck, BackgroundWriter::new(file), &dest, &opts, &|n| {
+    let (mut sink, report) = pack(&ck, BackgroundWriter::new(file), dest, &opts, &|n| {
         pb.inc(n)
     })?;
     sink.flush()
-        .map_err(|e| bitnet::output::write_error(&dest, e))?;
+        .map_err(|e| bitnet::output::write_error(dest, e))?;
     drop(sink);
-    out.commit()?;
     pb.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
     if a.json {
@@ -159,8 +219,13 @@ fn run(a: Args) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&j)?);
     } else if !a.quiet {
         eprintln!(
-            "wrote {}: {} tensors, {} ({:.4} bits per quantized weight) in {secs:.2} s{}",
-            a.output.display(),
+            "{} {}: {} tensors, {} ({:.4} bits per quantized weight) in {secs:.2} s{}",
+            if has_ext(dest, "gguf") {
+                "packed for"
+            } else {
+                "wrote"
+            },
+            dest.display(),
             report.tensors,
             bitnet::inspect::human(report.output_bytes),
             8.0 * report.packed_bytes as f64 / report.quantized_weights.max(1) as f64,
@@ -172,6 +237,100 @@ fn run(a: Args) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Prints notes and the summary of a GGUF conversion.
+fn report_conversion(
+    a: &Args,
+    what: &str,
+    notes: &[String],
+    json: serde_json::Value,
+    secs: f64,
+) -> Result<()> {
+    if a.json {
+        let mut j = json;
+        j["seconds"] = secs.into();
+        println!("{}", serde_json::to_string_pretty(&j)?);
+    } else if !a.quiet {
+        for n in notes {
+            eprintln!("note: {n}");
+        }
+        eprintln!("{what} in {secs:.2} s");
+    }
+    Ok(())
+}
+
+fn run_export(a: &Args, f: &BnetFile) -> Result<()> {
+    let started = std::time::Instant::now();
+    let mut out = AtomicFile::create(&a.output, a.force)?;
+    let ty = match a.gguf_type {
+        GgufType::Tq2_0 => TernaryType::Tq2_0,
+        GgufType::Tq1_0 => TernaryType::Tq1_0,
+        GgufType::I2s => TernaryType::I2s,
+    };
+    let total = f.index.entries.iter().map(|e| e.len).sum();
+    let pb = progress_bar(total, "exporting", a.quiet || a.json);
+    let sink = BufWriter::with_capacity(8 << 20, out.file());
+    let (sink, mut report) = export(f, sink, &a.output, ty, &|n| pb.inc(n))?;
+    sink.into_inner()
+        .map_err(|e| bitnet::output::write_error(&a.output, e.into_error()))?;
+    report.output_bytes = out.file().metadata().map(|m| m.len()).unwrap_or(0);
+    out.commit()?;
+    pb.finish_and_clear();
+    let what = format!(
+        "wrote {}: GGUF architecture {}, projections {}, {} tensors, {}",
+        a.output.display(),
+        report.architecture,
+        report.ggml_type,
+        report.tensors,
+        bitnet::inspect::human(report.output_bytes)
+    );
+    report_conversion(
+        a,
+        &what,
+        &report.notes,
+        serde_json::to_value(&report)?,
+        started.elapsed().as_secs_f64(),
+    )
+}
+
+fn run_import(a: &Args) -> Result<()> {
+    let started = std::time::Instant::now();
+    let mut out = AtomicFile::create(&a.output, a.force)?;
+    let file = std::fs::File::open(&a.input).with_context(|| a.input.display().to_string())?;
+    // SAFETY: read-only mapping of a file we do not modify (see BnetFile::open).
+    let map =
+        unsafe { memmap2::Mmap::map(&file) }.with_context(|| a.input.display().to_string())?;
+    let g = Gguf::parse(&map, a.bitnet_cpp).with_context(|| a.input.display().to_string())?;
+    let opts = ImportOptions {
+        activation: a.activation.map(|x| match x {
+            Act::Relu2 => Activation::Relu2,
+            Act::Silu => Activation::Silu,
+        }),
+    };
+    let total = g.tensors.iter().map(|t| t.len).sum();
+    let pb = progress_bar(total, "importing", a.quiet || a.json);
+    let sink = BufWriter::with_capacity(8 << 20, out.file());
+    let (sink, report) = import(&g, &map, &a.input, sink, &a.output, &opts, &|n| pb.inc(n))
+        .with_context(|| a.input.display().to_string())?;
+    sink.into_inner()
+        .map_err(|e| bitnet::output::write_error(&a.output, e.into_error()))?;
+    out.commit()?;
+    pb.finish_and_clear();
+    let what = format!(
+        "wrote {}: {} tensors from GGUF architecture {}, {}",
+        a.output.display(),
+        report.tensors,
+        report.architecture,
+        bitnet::inspect::human(report.output_bytes)
+    );
+    report_conversion(
+        a,
+        &what,
+        &report.notes,
+        serde_json::to_value(&report)?,
+        started.elapsed().as_secs_f64(),
+    )
 }
 
 fn run_unpack(a: &Args) -> Result<()> {

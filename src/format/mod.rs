@@ -1,6 +1,8 @@
 //! On-disk formats. Each has a written specification in `formats/`.
 
 pub mod bnet;
+pub mod ggml;
+pub mod gguf;
 
 use crate::error::{Error, Result};
 use memmap2::Mmap;
@@ -16,9 +18,14 @@ pub struct BnetFile {
 impl BnetFile {
     pub fn open(path: &Path) -> Result<BnetFile> {
         let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        Self::from_file(&file, path)
+    }
+
+    /// Maps an open file (e.g. an unlinked temporary one); `path` names it in errors.
+    pub fn from_file(file: &std::fs::File, path: &Path) -> Result<BnetFile> {
         // SAFETY: read-only mapping; we assume no other process truncates the file while it
         // is open (the usual contract of mmap-based model loaders).
-        let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        let map = unsafe { Mmap::map(file) }.map_err(|e| Error::io(path, e))?;
         let index = bnet::Index::parse(&map[..])?;
         Ok(BnetFile { map, index })
     }

@@ -46,7 +46,35 @@ pub struct Dense<'a> {
     pub row_scale: Option<&'a [u8]>,
 }
 
-impl Dense<'_> {
+impl<'a> Dense<'a> {
+    /// A float or per-row int8 matrix of the container, checked to be `[rows, k]`.
+    pub fn from_container(f: &'a BnetFile, name: &str, rows: u64, k: u64) -> Result<Dense<'a>> {
+        let e = f.index.get(name).ok_or_else(|| missing(name))?;
+        if e.shape != [rows, k]
+            || !matches!(e.dtype, DType::F32 | DType::F16 | DType::BF16 | DType::I8)
+        {
+            return Err(Error::format(format!(
+                "{name} is {} {:?}; expected a float or int8 [{rows}, {k}] matrix",
+                e.dtype.name(),
+                e.shape
+            )));
+        }
+        let row_scale = match e.dtype {
+            DType::I8 => {
+                let s = format!("{name}.row_scale");
+                Some(f.data(f.index.get(&s).ok_or_else(|| missing(&s))?))
+            }
+            _ => None,
+        };
+        Ok(Dense {
+            data: f.data(e),
+            dtype: e.dtype,
+            rows: rows as usize,
+            k: k as usize,
+            row_scale,
+        })
+    }
+
     /// Row `r` decoded to f32.
     pub fn row(&self, r: usize, out: &mut [f32]) {
         match self.dtype {
@@ -149,29 +177,7 @@ impl<'a> Weights<'a> {
             quant::decode(fl, f.data(e), &mut v);
             Ok(v)
         };
-        let dense = |name: &str, rows: u64, k: u64| -> Result<Dense<'a>> {
-            let e = entry(name)?;
-            if e.shape != [rows, k]
-                || !matches!(e.dtype, DType::F32 | DType::F16 | DType::BF16 | DType::I8)
-            {
-                return Err(Error::format(format!(
-                    "{name} is {} {:?}; expected a float or int8 [{rows}, {k}] matrix",
-                    e.dtype.name(),
-                    e.shape
-                )));
-            }
-            let row_scale = match e.dtype {
-                DType::I8 => Some(f.data(entry(&format!("{name}.row_scale"))?)),
-                _ => None,
-            };
-            Ok(Dense {
-                data: f.data(e),
-                dtype: e.dtype,
-                rows: rows as usize,
-                k: k as usize,
-                row_scale,
-            })
-        };
+        let dense = |name: &str, rows: u64, k: u64| Dense::from_container(f, name, rows, k);
         let (h, ff, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
         let q = cfg.num_attention_heads * cfg.head_dim;
         let kv = cfg.num_key_value_heads * cfg.head_dim;
