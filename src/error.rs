@@ -18,6 +18,9 @@ pub enum Error {
         "unsupported .bnet format version {found}.x (this build reads {supported}.x): upgrade bitnet-tools"
     )]
     Version { found: u16, supported: u16 },
+    /// A GGUF file that is malformed or that we cannot convert (the message starts "GGUF:").
+    #[error("{0}")]
+    Gguf(String),
     /// A Hugging Face checkpoint that is malformed or that we cannot convert.
     #[error("{0}")]
     Checkpoint(String),
@@ -39,6 +42,9 @@ pub enum Error {
 impl Error {
     pub(crate) fn format(msg: impl Into<String>) -> Self {
         Error::Format(msg.into())
+    }
+    pub(crate) fn gguf(msg: impl std::fmt::Display) -> Self {
+        Error::Gguf(format!("GGUF: {msg}"))
     }
     pub(crate) fn checkpoint(msg: impl Into<String>) -> Self {
         Error::Checkpoint(msg.into())

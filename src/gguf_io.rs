@@ -389,8 +389,11 @@ fn model_kv(cfg: &ModelConfig, arch: &str, ty: TernaryType) -> Vec<(String, Valu
         // read by no llama.cpp graph (they hard-code theirs); written so readers can check
         (a("hidden_activation"), Value::Str(act.into())),
     ];
-    if cfg.sub_norms {
-        kv.push((a("sub_norms"), Value::Bool(true)));
+    if ty == TernaryType::I2s {
+        kv.push((
+            crate::format::gguf::TYPE_IDS_KEY.into(),
+            Value::Str("bitnet.cpp".into()),
+        ));
     }
     kv
 }
@@ -581,23 +584,19 @@ fn parse_act(s: &str) -> Option<Activation> {
 fn import_config(g: &Gguf, opts: &ImportOptions) -> Result<ModelConfig> {
     let arch = g
         .architecture()
-        .ok_or_else(|| Error::format("GGUF: general.architecture is missing"))?
+        .ok_or_else(|| Error::gguf("general.architecture is missing"))?
         .to_string();
     let key = |k: &str| g.get(&format!("{arch}.{k}"));
     let need = |k: &str| {
         key(k)
             .and_then(Value::as_u64)
             .filter(|&v| v > 0)
-            .ok_or_else(|| {
-                Error::format(format!(
-                    "GGUF: {arch}.{k} is missing or not a positive integer"
-                ))
-            })
+            .ok_or_else(|| Error::gguf(format!("{arch}.{k} is missing or not a positive integer")))
     };
     let stated = match key("hidden_activation") {
         Some(v) => Some(v.as_str().and_then(parse_act).ok_or_else(|| {
-            Error::format(format!(
-                "GGUF: {arch}.hidden_activation {} is not relu2 or silu",
+            Error::gguf(format!(
+                "{arch}.hidden_activation {} is not relu2 or silu",
                 v.summary()
             ))
         })?),
@@ -632,15 +631,15 @@ fn import_config(g: &Gguf, opts: &ImportOptions) -> Result<ModelConfig> {
         Some(d) => d,
         None if hidden % heads == 0 => hidden / heads,
         None => {
-            return Err(Error::format(
-                "GGUF: embedding_length is not a multiple of attention.head_count",
+            return Err(Error::gguf(
+                "embedding_length is not a multiple of attention.head_count",
             ))
         }
     };
     if let Some(r) = key("rope.dimension_count").and_then(Value::as_u64) {
         if r != head_dim {
-            return Err(Error::Usage(format!(
-                "GGUF: partial rotary embedding (rope.dimension_count {r} of head size {head_dim}) is not supported"
+            return Err(Error::gguf(format!(
+                "partial rotary embedding (rope.dimension_count {r} of head size {head_dim}) is not supported"
             )));
         }
     }
@@ -649,18 +648,18 @@ fn import_config(g: &Gguf, opts: &ImportOptions) -> Result<ModelConfig> {
             .and_then(Value::as_f64)
             .unwrap_or(1.0);
         if !(s == "none" || (s == "linear" && factor == 1.0)) {
-            return Err(Error::Usage(format!(
-                "GGUF: rope scaling {s} (factor {factor}) is not supported"
+            return Err(Error::gguf(format!(
+                "rope scaling {s} (factor {factor}) is not supported"
             )));
         }
     }
     let embd = g
         .tensor("token_embd.weight")
-        .ok_or_else(|| Error::format("GGUF: token_embd.weight is missing"))?;
+        .ok_or_else(|| Error::gguf("token_embd.weight is missing"))?;
     let vocab = *embd
         .dims
         .get(1)
-        .ok_or_else(|| Error::format("GGUF: token_embd.weight is not a matrix"))?;
+        .ok_or_else(|| Error::gguf("token_embd.weight is not a matrix"))?;
     let tok = |k: &str| {
         g.get(&format!("tokenizer.ggml.{k}"))
             .and_then(Value::as_u64)
@@ -696,7 +695,7 @@ fn import_config(g: &Gguf, opts: &ImportOptions) -> Result<ModelConfig> {
         || cfg.vocab_size > 1 << 24
         || cfg.num_key_value_heads == 0
     {
-        return Err(Error::format("GGUF: model dimensions are implausible"));
+        return Err(Error::gguf("model dimensions are implausible"));
     }
     Ok(cfg)
 }
@@ -721,7 +720,7 @@ fn import_projection(
                 let before = scales.len();
                 if t.ty.id == ggml::TQ2_0 {
                     ggml::decode_tq2_0(row, v, &mut scales).map_err(|b| {
-                        Error::format(format!("GGUF: tensor {name} row {r} block {b} holds the unused TQ2_0 code 3"))
+                        Error::gguf(format!("tensor {name} row {r} block {b} holds the unused TQ2_0 code 3"))
                     })?;
                 } else {
                     ggml::decode_tq1_0(row, v, &mut scales);
@@ -738,7 +737,7 @@ fn import_projection(
             src_dtype = DType::F32;
             let n = rows * k;
             ggml::decode_i2_s(&data[..n / 4], &mut vals)
-                .map_err(|i| Error::format(format!("GGUF: tensor {name} element {i} holds the unused I2_S code 3")))?;
+                .map_err(|i| Error::gguf(format!("tensor {name} element {i} holds the unused I2_S code 3")))?;
             scales.push(f32::from_le_bytes(data[n / 4..n / 4 + 4].try_into().expect("4 bytes")));
         }
         ggml::F32 | ggml::F16 | ggml::BF16 => {
@@ -759,8 +758,8 @@ fn import_projection(
                 } else if w == -m {
                     -1
                 } else {
-                    return Err(Error::Usage(format!(
-                        "GGUF: tensor {name} is {} but not ternary-valued (values other than 0 and ±{m}); only ternary models are imported — quantize the original checkpoint with bitnet-pack instead",
+                    return Err(Error::gguf(format!(
+                        "tensor {name} is {} but not ternary-valued (values other than 0 and ±{m}); only ternary models are imported — quantize the original checkpoint with bitnet-pack instead",
                         t.ty.name
                     )));
                 };
@@ -768,8 +767,8 @@ fn import_projection(
             scales.push(m);
         }
         _ => {
-            return Err(Error::Usage(format!(
-                "GGUF: projection {name} is {}, which is not a ternary type (TQ1_0, TQ2_0, I2_S, or ternary-valued F32/F16/BF16)",
+            return Err(Error::gguf(format!(
+                "projection {name} is {}, which is not a ternary type (TQ1_0, TQ2_0, I2_S, or ternary-valued F32/F16/BF16)",
                 t.ty.name
             )))
         }
@@ -780,10 +779,10 @@ fn import_projection(
     let scale = match distinct.as_slice() {
         [] => 1.0,
         [s] if s.is_finite() && *s > 0.0 => *s,
-        [s] => return Err(Error::format(format!("GGUF: tensor {name} has an unusable scale {s}"))),
+        [s] => return Err(Error::gguf(format!("tensor {name} has an unusable scale {s}"))),
         _ => {
-            return Err(Error::Usage(format!(
-                "GGUF: tensor {name} has {} different block scales; a BitNet ternary weight has one scale per tensor (was this file quantized from a non-ternary model?)",
+            return Err(Error::gguf(format!(
+                "tensor {name} has {} different block scales; a BitNet ternary weight has one scale per tensor (was this file quantized from a non-ternary model?)",
                 distinct.len()
             )))
         }
@@ -801,6 +800,80 @@ fn unpermute(vals: Vec<i8>, rows: usize, k: usize, heads: usize) -> Vec<i8> {
     out
 }
 
+/// A checked import: the config and, for each expected tensor, its GGUF tensor.
+pub struct ImportPlan<'g> {
+    pub cfg: ModelConfig,
+    pub arch: String,
+    items: Vec<(String, Vec<u64>, crate::model::Role, &'g TensorInfo)>,
+    pub notes: Vec<String>,
+}
+
+/// Everything about an import that can be checked without reading tensor data: the
+/// metadata, every tensor's presence, dims and type, and that nothing is left over.
+pub fn plan_import<'g>(g: &'g Gguf, opts: &ImportOptions) -> Result<ImportPlan<'g>> {
+    use crate::model::Role;
+    let cfg = import_config(g, opts)?;
+    let arch = g.architecture().unwrap_or_default().to_string();
+    let mut notes = Vec::new();
+    let mut items = Vec::new();
+    let mut used = std::collections::HashSet::new();
+    for (canonical, shape, role) in cfg.expected_tensors() {
+        let gname = gguf_name(&canonical).expect("named");
+        let t = g
+            .tensor(&gname)
+            .ok_or_else(|| Error::gguf(format!("tensor {gname} is missing")))?;
+        used.insert(gname.clone());
+        let want: Vec<u64> = shape.iter().rev().copied().collect();
+        if t.dims != want {
+            return Err(Error::gguf(format!(
+                "tensor {gname} has dims {:?}, but the metadata implies {want:?}",
+                t.dims
+            )));
+        }
+        let ok = match role {
+            Role::Projection => matches!(
+                t.ty.id,
+                ggml::TQ1_0 | ggml::TQ2_0 | ggml::I2_S | ggml::F32 | ggml::F16 | ggml::BF16
+            ),
+            _ => matches!(t.ty.id, ggml::F32 | ggml::F16 | ggml::BF16 | ggml::Q8_0),
+        };
+        if !ok && role == Role::Projection {
+            return Err(Error::gguf(format!(
+                "projection {gname} is {}, which is not a ternary type (TQ1_0, TQ2_0, I2_S, or ternary-valued F32/F16/BF16)",
+                t.ty.name
+            )));
+        }
+        if !ok {
+            return Err(Error::gguf(format!(
+                "tensor {gname} is {}; only F32, F16, BF16 and Q8_0 are imported for embeddings, norms and the output head (re-make the file with llama-quantize --token-embedding-type f16 --output-tensor-type f16)",
+                t.ty.name
+            )));
+        }
+        if t.ty.id == ggml::Q8_0 {
+            notes.push(format!("{gname}: Q8_0 dequantized to F32"));
+        }
+        items.push((canonical, shape, role, t));
+    }
+    for t in &g.tensors {
+        if !used.contains(&t.name) {
+            if t.name == "rope_freqs.weight" {
+                notes.push("rope_freqs.weight skipped (recomputed from rope.freq_base)".into());
+                continue;
+            }
+            return Err(Error::gguf(format!(
+                "unexpected tensor {} for architecture {arch}: biases, per-tensor .scale tensors and other extras are not supported",
+                t.name
+            )));
+        }
+    }
+    Ok(ImportPlan {
+        cfg,
+        arch,
+        items,
+        notes,
+    })
+}
+
 /// Writes GGUF → `.bnet`. `bytes` is the whole mapped file.
 pub fn import<W: Write + Seek>(
     g: &Gguf,
@@ -811,25 +884,15 @@ pub fn import<W: Write + Seek>(
     opts: &ImportOptions,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<(W, ImportReport)> {
-    let cfg = import_config(g, opts)?;
-    let arch = g.architecture().unwrap_or_default().to_string();
-    let mut notes = Vec::new();
-    let expected = cfg.expected_tensors();
-    let mut used = std::collections::HashSet::new();
+    let ImportPlan {
+        cfg,
+        arch,
+        items,
+        mut notes,
+    } = plan_import(g, opts)?;
     let mut w = Writer::new(out, dest)?;
-    for (canonical, shape, role) in &expected {
-        let gname = gguf_name(canonical).expect("named");
-        let t = g
-            .tensor(&gname)
-            .ok_or_else(|| Error::format(format!("GGUF: tensor {gname} is missing")))?;
-        used.insert(gname.clone());
-        let want: Vec<u64> = shape.iter().rev().copied().collect();
-        if t.dims != want {
-            return Err(Error::format(format!(
-                "GGUF: tensor {gname} has dims {:?}, but the metadata implies {want:?}",
-                t.dims
-            )));
-        }
+    for (canonical, shape, role, t) in &items {
+        let gname = &t.name;
         let data = &bytes[t.range()];
         let (rows, k) = t.rows_cols();
         if *role == crate::model::Role::Projection {
@@ -861,41 +924,19 @@ pub fn import<W: Write + Seek>(
                 source_dtype: src,
             };
             w.tensor(canonical, DType::T2, shape, sc, &packed)?;
+        } else if t.ty.id == ggml::Q8_0 {
+            let mut x = vec![0f32; (rows * k) as usize];
+            ggml::decode_q8_0(data, &mut x);
+            w.tensor(canonical, DType::F32, shape, Scale::NONE, &f32_bytes(&x))?;
         } else {
             let dtype = match t.ty.id {
                 ggml::F32 => DType::F32,
                 ggml::F16 => DType::F16,
-                ggml::BF16 => DType::BF16,
-                ggml::Q8_0 => DType::F32,
-                _ => {
-                    return Err(Error::Usage(format!(
-                        "GGUF: tensor {gname} is {}; only F32, F16, BF16 and Q8_0 are imported for embeddings, norms and the output head (re-make the file with llama-quantize --token-embedding-type f16 --output-tensor-type f16)",
-                        t.ty.name
-                    )))
-                }
+                _ => DType::BF16,
             };
-            if t.ty.id == ggml::Q8_0 {
-                let mut x = vec![0f32; (rows * k) as usize];
-                ggml::decode_q8_0(data, &mut x);
-                notes.push(format!("{gname}: Q8_0 dequantized to F32"));
-                w.tensor(canonical, dtype, shape, Scale::NONE, &f32_bytes(&x))?;
-            } else {
-                w.tensor(canonical, dtype, shape, Scale::NONE, data)?;
-            }
+            w.tensor(canonical, dtype, shape, Scale::NONE, data)?;
         }
         progress(t.len);
-    }
-    for t in &g.tensors {
-        if !used.contains(&t.name) {
-            if t.name == "rope_freqs.weight" {
-                notes.push("rope_freqs.weight skipped (recomputed from rope.freq_base)".into());
-                continue;
-            }
-            return Err(Error::Usage(format!(
-                "GGUF: unexpected tensor {} for architecture {arch}: biases, per-tensor .scale tensors and other extras are not supported",
-                t.name
-            )));
-        }
     }
     let config_json = serde_json::to_vec_pretty(&hf_config(&cfg)).expect("serializes");
     w.tensor(
@@ -944,7 +985,7 @@ pub fn import<W: Write + Seek>(
         out,
         ImportReport {
             architecture: arch,
-            tensors: expected.len(),
+            tensors: items.len(),
             output_bytes: len,
             notes,
         },
@@ -984,11 +1025,11 @@ fn tokenizer_json(g: &Gguf, cfg: &ModelConfig) -> Result<Option<(Vec<u8>, Vec<u8
     let strings = |k: &str| -> Result<Vec<&str>> {
         g.get(k)
             .and_then(Value::as_array)
-            .ok_or_else(|| Error::format(format!("GGUF: {k} is missing")))?
+            .ok_or_else(|| Error::gguf(format!("{k} is missing")))?
             .iter()
             .map(|v| {
                 v.as_str()
-                    .ok_or_else(|| Error::format(format!("GGUF: {k} holds a non-string")))
+                    .ok_or_else(|| Error::gguf(format!("{k} holds a non-string")))
             })
             .collect()
     };
@@ -1066,8 +1107,8 @@ fn tokenizer_json(g: &Gguf, cfg: &ModelConfig) -> Result<Option<(Vec<u8>, Vec<u8
     let tj = serde_json::to_vec(&tj).expect("serializes");
     // the rebuilt tokenizer must load, or the container would carry a broken one
     tokenizers::Tokenizer::from_bytes(&tj).map_err(|e| {
-        Error::format(format!(
-            "GGUF: the vocabulary does not form a valid tokenizer: {e}"
+        Error::gguf(format!(
+            "the vocabulary does not form a valid tokenizer: {e}"
         ))
     })?;
     Ok(Some((

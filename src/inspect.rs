@@ -208,3 +208,119 @@ pub fn human(b: u64) -> String {
         format!("{v:.2} {}", U[i])
     }
 }
+
+/// A summary of a GGUF file: metadata, tensors by type, and whether it converts to `.bnet`.
+pub fn gguf_summary(
+    g: &crate::format::gguf::Gguf,
+    file_len: u64,
+    with_tensors: bool,
+    convertible: std::result::Result<&crate::gguf_io::ImportPlan, String>,
+) -> Value {
+    use crate::format::gguf::Value as V;
+    let mut by_type = serde_json::Map::new();
+    for t in &g.tensors {
+        let e = by_type
+            .entry(t.ty.name.to_string())
+            .or_insert_with(|| serde_json::json!({"tensors": 0, "bytes": 0}));
+        e["tensors"] = (e["tensors"].as_u64().unwrap_or(0) + 1).into();
+        e["bytes"] = (e["bytes"].as_u64().unwrap_or(0) + t.len).into();
+    }
+    let meta: serde_json::Map<String, Value> =
+        g.kv.iter()
+            .map(|(k, v)| {
+                let j = match v {
+                    V::Str(t) => Value::String(t.clone()),
+                    V::Array(..) => Value::String(v.summary()),
+                    V::Bool(b) => Value::Bool(*b),
+                    V::F32(_) | V::F64(_) => v.as_f64().map_or(Value::Null, Value::from),
+                    _ => v
+                        .as_u64()
+                        .map_or_else(|| Value::String(v.summary()), Value::from),
+                };
+                (k.clone(), j)
+            })
+            .collect();
+    serde_json::json!({
+        "format": "gguf",
+        "gguf_version": g.version,
+        "file_bytes": file_len,
+        "alignment": g.alignment,
+        "type_ids": match g.dialect { crate::format::ggml::Dialect::Mainline => "mainline ggml", _ => "bitnet.cpp" },
+        "architecture": g.architecture(),
+        "metadata": meta,
+        "tensor_count": g.tensors.len(),
+        "by_type": by_type,
+        "convertible_to_bnet": match &convertible {
+            Ok(p) => serde_json::json!({"ok": true, "model": p.cfg, "notes": p.notes}),
+            Err(e) => serde_json::json!({"ok": false, "blocker": e}),
+        },
+        "tensors": with_tensors.then(|| g.tensors.iter().map(|t| serde_json::json!({
+            "name": t.name, "type": t.ty.name, "dims": t.dims, "offset": t.offset, "bytes": t.len,
+        })).collect::<Vec<_>>()),
+    })
+}
+
+/// The human-readable GGUF report.
+pub fn render_gguf(j: &Value) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "format        GGUF v{}, {} bytes ({}), alignment {}, type ids: {}",
+        j["gguf_version"],
+        j["file_bytes"],
+        human(j["file_bytes"].as_u64().unwrap_or(0)),
+        j["alignment"],
+        j["type_ids"].as_str().unwrap_or("?")
+    );
+    let _ = writeln!(
+        s,
+        "architecture  {}",
+        j["architecture"].as_str().unwrap_or("(missing)")
+    );
+    let _ = writeln!(
+        s,
+        "metadata      {} keys",
+        j["metadata"].as_object().map_or(0, |m| m.len())
+    );
+    for (k, v) in j["metadata"].as_object().into_iter().flatten() {
+        let v = match v.as_str() {
+            Some(t) if t.starts_with('[') => t.to_string(),
+            Some(t) => crate::format::gguf::Value::Str(t.into()).summary(),
+            None => v.to_string(),
+        };
+        let _ = writeln!(s, "  {k:<44} {v}");
+    }
+    let _ = writeln!(s, "tensors       {}", j["tensor_count"]);
+    for (ty, e) in j["by_type"].as_object().into_iter().flatten() {
+        let _ = writeln!(
+            s,
+            "  {ty:<8} {:>5} tensors  {}",
+            e["tensors"],
+            human(e["bytes"].as_u64().unwrap_or(0))
+        );
+    }
+    for t in j["tensors"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            s,
+            "  {:<40} {:<6} {:<20} {}",
+            t["name"].as_str().unwrap_or(""),
+            t["type"].as_str().unwrap_or(""),
+            t["dims"].to_string(),
+            human(t["bytes"].as_u64().unwrap_or(0))
+        );
+    }
+    let c = &j["convertible_to_bnet"];
+    if c["ok"] == true {
+        let _ = writeln!(s, "to .bnet      yes: bitnet-pack FILE OUT.bnet");
+        for n in c["notes"].as_array().into_iter().flatten() {
+            let _ = writeln!(s, "  note: {}", n.as_str().unwrap_or(""));
+        }
+    } else {
+        let _ = writeln!(
+            s,
+            "to .bnet      blocked: {}",
+            c["blocker"].as_str().unwrap_or("?")
+        );
+    }
+    s
+}

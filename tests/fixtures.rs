@@ -6,8 +6,10 @@
 //! checkpoints are copied, so they must be bit-identical. Scales that we compute from latent
 //! weights (absmean s = 1/mean|W|, binary beta = mean|W|) come from a mean accumulated in f64 and
 //! rounded once; torch reduces in f32 and may land one ulp away (its own compiled and eager
-//! paths differ by one ulp, ../shared/reference/transformers-bitnet-semantics.md §2), so those
-//! may differ by at most one ulp, and then every dequantized weight by at most one ulp too.
+//! paths differ by one ulp, ../shared/reference/transformers-bitnet-semantics.md §2). torch's
+//! f32 reduction error grows with the tensor size (about log2(n) roundings), so those may differ
+//! by at most `LATENT_ULPS` ulps: 1 was enough for the 64-wide fixtures, the 256-wide ones
+//! (131072-weight tensors) show 2.
 
 use assert_cmd::Command;
 use safetensors::SafeTensors;
@@ -19,7 +21,12 @@ const FAMILIES: &[(&str, &str, bool)] = &[
     ("bitnet-packed", "bitnet-b1.58-packed", false),
     ("llama-bitlinear", "llama-ternary-packed", false),
     ("onebitllm", "1bitllm-latent", true),
+    ("llama-bitlinear-256", "llama-ternary-packed", false),
+    ("onebitllm-256", "1bitllm-latent", true),
 ];
+
+/// Largest ulp distance allowed between our absmean scales (f64 mean) and torch's (f32 mean).
+const LATENT_ULPS: u32 = 2;
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -145,7 +152,10 @@ fn every_family_unpacks_to_what_transformers_computes() {
                         .map(|(a, b)| ulps(*a, *b))
                         .max()
                         .unwrap();
-                    assert!(worst <= 1, "{dir}: {name} differs by {worst} ulps");
+                    assert!(
+                        worst <= LATENT_ULPS,
+                        "{dir}: {name} differs by {worst} ulps"
+                    );
                 }
             }
         }

@@ -10,6 +10,8 @@ const FIXTURES: &[&str] = &[
     "bitnet-packed",
     "llama-bitlinear",
     "onebitllm",
+    "llama-bitlinear-256",
+    "onebitllm-256",
 ];
 
 fn fixture(name: &str) -> PathBuf {

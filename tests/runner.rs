@@ -23,6 +23,8 @@ const FIXTURES: &[&str] = &[
     "bitnet-packed",
     "llama-bitlinear",
     "onebitllm",
+    "llama-bitlinear-256",
+    "onebitllm-256",
 ];
 
 fn packed(dir: &str, tmp: &Path) -> PathBuf {

@@ -2,8 +2,10 @@
 
 use anyhow::{Context, Result};
 use bitnet::cli::{EXIT_FAILED, EXIT_OK};
+use bitnet::format::gguf::{is_gguf, Gguf};
 use bitnet::format::{bnet, BnetFile};
-use bitnet::inspect::Summary;
+use bitnet::gguf_io::{plan_import, ImportOptions};
+use bitnet::inspect::{gguf_summary, render_gguf, Summary};
 use clap::Parser;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -12,13 +14,13 @@ use std::time::Instant;
 #[derive(Parser)]
 #[command(
     version,
-    about = "Show what is inside a .bnet container",
-    long_about = "Show what is inside a .bnet container.\n\n\
+    about = "Show what is inside a .bnet container or a GGUF file",
+    long_about = "Show what is inside a .bnet container or a GGUF file (metadata, tensors, types, and what would block converting it to .bnet).\n\n\
 Opening reads only the header, index and metadata; --verify re-hashes every tensor.\n\n\
 Exit codes: 0 fine, 1 --verify found damage, 2 error (not a valid container, unreadable)."
 )]
 struct Args {
-    /// The .bnet file
+    /// The .bnet or .gguf file
     file: PathBuf,
     /// Machine-readable JSON on stdout
     #[arg(long)]
@@ -29,9 +31,36 @@ struct Args {
     /// Recompute every checksum (full read) and name each damaged tensor
     #[arg(long)]
     verify: bool,
+    /// GGUF: read type ids 36-39 as bitnet.cpp's (I2_S, ...)
+    #[arg(long)]
+    bitnet_cpp: bool,
+}
+
+/// A GGUF file: what it holds and whether (or why not) it converts to .bnet.
+fn run_gguf(a: &Args) -> Result<u8> {
+    let file = std::fs::File::open(&a.file).with_context(|| a.file.display().to_string())?;
+    // SAFETY: read-only mapping of a file we do not modify (see BnetFile::open).
+    let map = unsafe { memmap2::Mmap::map(&file) }.with_context(|| a.file.display().to_string())?;
+    let g = Gguf::parse(&map, a.bitnet_cpp).with_context(|| a.file.display().to_string())?;
+    let plan = plan_import(&g, &ImportOptions::default());
+    let j = gguf_summary(
+        &g,
+        map.len() as u64,
+        a.tensors,
+        plan.as_ref().map_err(|e| e.to_string()),
+    );
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&j)?);
+    } else {
+        print!("{}", render_gguf(&j));
+    }
+    Ok(EXIT_OK)
 }
 
 fn run(a: Args) -> Result<u8> {
+    if is_gguf(&a.file) {
+        return run_gguf(&a);
+    }
     let t = Instant::now();
     let f = BnetFile::open(&a.file).with_context(|| a.file.display().to_string())?;
     let open_ms = t.elapsed().as_secs_f64() * 1e3;

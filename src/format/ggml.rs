@@ -190,7 +190,7 @@ pub fn decode_tq2_0(row: &[u8], t: &mut [i8], d: &mut Vec<f32>) -> Result<(), us
 /// Five (or four, then ×3) trits, most significant first, as ggml's fixed-point byte.
 fn tq1_byte(trits: impl Iterator<Item = i8>) -> u8 {
     let v = trits.fold(0u16, |v, x| v * 3 + (x + 1) as u16);
-    ((v * 256 + 242) / 243) as u8
+    (v * 256).div_ceil(243) as u8
 }
 
 /// Trit `n` (0 = most significant) of a TQ1_0 byte, as a value `-1, 0, +1`.

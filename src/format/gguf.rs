@@ -157,7 +157,7 @@ pub struct Gguf {
 }
 
 fn bad(msg: impl Into<String>) -> Error {
-    Error::Format(format!("GGUF: {}", msg.into()))
+    Error::gguf(msg.into())
 }
 
 /// A bounds-checked little-endian cursor.
@@ -256,6 +256,8 @@ impl<'a> Cur<'a> {
     }
 }
 
+/// Our key saying which ggml's type ids a file uses (written with I2_S exports).
+pub const TYPE_IDS_KEY: &str = "bitnet_tools.ggml_type_ids";
 /// Architecture names only bitnet.cpp writes; their files use bitnet.cpp's type ids.
 pub const BITNET_CPP_ARCHS: [&str; 2] = ["bitnet-b1.58", "bitnet-25"];
 
@@ -302,7 +304,8 @@ impl Gguf {
             }
         };
         let arch = get("general.architecture").and_then(Value::as_str);
-        let from_bitnet_cpp = arch.is_some_and(|a| BITNET_CPP_ARCHS.contains(&a));
+        let from_bitnet_cpp = arch.is_some_and(|a| BITNET_CPP_ARCHS.contains(&a))
+            || get(TYPE_IDS_KEY).and_then(Value::as_str) == Some("bitnet.cpp");
         let dialect = if bitnet_cpp || from_bitnet_cpp {
             Dialect::BitnetCpp
         } else {
