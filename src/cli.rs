@@ -45,3 +45,29 @@ pub fn exit(outcome: Result<u8, impl std::fmt::Display>) -> std::process::ExitCo
         }
     }
 }
+
+/// Opens a model for the runner binaries: a `.bnet`, or a GGUF file imported on the fly (with
+/// a note on stderr unless `quiet`). Errors name the file.
+pub fn open_model(
+    path: &std::path::Path,
+    quiet: bool,
+) -> Result<crate::format::BnetFile, crate::Error> {
+    let gguf = crate::format::gguf::is_gguf(path);
+    let started = std::time::Instant::now();
+    let (f, _) = crate::gguf_io::open_model(path).map_err(|e| {
+        let hint = if gguf {
+            " (GGUF files are converted on the fly; for import options such as --activation or --bitnet-cpp, convert once with bitnet-pack FILE OUT.bnet)"
+        } else {
+            ""
+        };
+        crate::Error::Usage(format!("{}: {e}{hint}", path.display()))
+    })?;
+    if gguf && !quiet {
+        eprintln!(
+            "note: {} is GGUF: imported to a temporary .bnet in {:.2} s (bitnet-pack converts it once)",
+            path.display(),
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(f)
+}

@@ -307,9 +307,10 @@ fn encode_projection(
             quant::unpack_row(e.dtype, &data[src * rb..(src + 1) * rb], out);
         });
     let m = multiplier(&e.name, &e.scale)?;
-    if ty != TernaryType::I2s && half::f16::from_f32(m).is_infinite() {
+    let h = half::f16::from_f32(m).to_f32();
+    if ty != TernaryType::I2s && !(h.is_finite() && (h - m).abs() <= m * 1e-3) {
         return Err(Error::Usage(format!(
-            "tensor {}: its scale {m} does not fit the fp16 block scale of TQ types; use --gguf-type i2_s",
+            "tensor {}: its scale {m} is outside the normal range of the fp16 block scale of TQ types (it would become {h}); use --gguf-type i2_s",
             e.name
         )));
     }
@@ -446,6 +447,12 @@ fn tokenizer_kv(
             continue;
         };
         place(id, s, if t["special"] == true { 3 } else { 4 })?;
+    }
+    let mut seen = std::collections::HashSet::new();
+    if let Some(dup) = tokens.iter().flatten().find(|t| !seen.insert(t.as_str())) {
+        return Err(Error::Usage(format!(
+            "cannot export to GGUF: the tokenizer holds {dup:?} at two ids, and llama.cpp needs unique tokens"
+        )));
     }
     let mut holes = 0;
     let tokens: Vec<Value> = tokens
@@ -636,6 +643,14 @@ fn import_config(g: &Gguf, opts: &ImportOptions) -> Result<ModelConfig> {
             ))
         }
     };
+    let kv_heads = key("attention.head_count_kv")
+        .and_then(Value::as_u64)
+        .unwrap_or(heads);
+    if kv_heads == 0 || heads % kv_heads != 0 || head_dim % 2 != 0 || head_dim == 0 {
+        return Err(Error::gguf(format!(
+            "{heads} attention heads over {kv_heads} KV heads of size {head_dim}: heads must be a multiple of KV heads and the head size even"
+        )));
+    }
     if let Some(r) = key("rope.dimension_count").and_then(Value::as_u64) {
         if r != head_dim {
             return Err(Error::gguf(format!(
@@ -672,9 +687,7 @@ fn import_config(g: &Gguf, opts: &ImportOptions) -> Result<ModelConfig> {
         intermediate_size: need("feed_forward_length")?,
         num_hidden_layers: need("block_count")?,
         num_attention_heads: heads,
-        num_key_value_heads: key("attention.head_count_kv")
-            .and_then(Value::as_u64)
-            .unwrap_or(heads),
+        num_key_value_heads: kv_heads,
         head_dim,
         vocab_size: vocab,
         rms_norm_eps: key("attention.layer_norm_rms_epsilon")
@@ -773,6 +786,10 @@ fn import_projection(
             )))
         }
     }
+    if vals.iter().all(|&v| v == 0) {
+        // an all-zero weight has no scale to keep; 1 is as good as any
+        return Ok((vals, 1.0, src_dtype));
+    }
     let mut distinct: Vec<f32> = scales.iter().copied().filter(|s| !s.is_nan()).collect();
     distinct.sort_by(f32::total_cmp);
     distinct.dedup();
@@ -806,6 +823,8 @@ pub struct ImportPlan<'g> {
     pub arch: String,
     items: Vec<(String, Vec<u64>, crate::model::Role, &'g TensorInfo)>,
     pub notes: Vec<String>,
+    /// Must hold only ones (no per-frequency RoPE scaling), checked at import.
+    rope_freqs: Option<&'g TensorInfo>,
 }
 
 /// Everything about an import that can be checked without reading tensor data: the
@@ -817,6 +836,7 @@ pub fn plan_import<'g>(g: &'g Gguf, opts: &ImportOptions) -> Result<ImportPlan<'
     let mut notes = Vec::new();
     let mut items = Vec::new();
     let mut used = std::collections::HashSet::new();
+    let mut rope_freqs = None;
     for (canonical, shape, role) in cfg.expected_tensors() {
         let gname = gguf_name(&canonical).expect("named");
         let t = g
@@ -856,8 +876,8 @@ pub fn plan_import<'g>(g: &'g Gguf, opts: &ImportOptions) -> Result<ImportPlan<'
     }
     for t in &g.tensors {
         if !used.contains(&t.name) {
-            if t.name == "rope_freqs.weight" {
-                notes.push("rope_freqs.weight skipped (recomputed from rope.freq_base)".into());
+            if t.name == "rope_freqs.weight" && t.ty.id == ggml::F32 {
+                rope_freqs = Some(t);
                 continue;
             }
             return Err(Error::gguf(format!(
@@ -871,6 +891,7 @@ pub fn plan_import<'g>(g: &'g Gguf, opts: &ImportOptions) -> Result<ImportPlan<'
         arch,
         items,
         notes,
+        rope_freqs,
     })
 }
 
@@ -889,7 +910,19 @@ pub fn import<W: Write + Seek>(
         arch,
         items,
         mut notes,
+        rope_freqs,
     } = plan_import(g, opts)?;
+    if let Some(t) = rope_freqs {
+        let ones = bytes[t.range()]
+            .chunks_exact(4)
+            .all(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")) == 1.0);
+        if !ones {
+            return Err(Error::gguf(
+                "rope_freqs.weight holds per-frequency RoPE scaling (Llama 3.1 style), which is not supported",
+            ));
+        }
+        notes.push("rope_freqs.weight (all ones) skipped".into());
+    }
     let mut w = Writer::new(out, dest)?;
     for (canonical, shape, role, t) in &items {
         let gname = &t.name;
@@ -946,7 +979,7 @@ pub fn import<W: Write + Seek>(
         Scale::NONE,
         &config_json,
     )?;
-    match tokenizer_json(g, &cfg)? {
+    match tokenizer_json(g, &cfg, &mut notes)? {
         Some((tj, tc)) => {
             w.tensor("file:tokenizer.json", DType::U8, &[tj.len() as u64], Scale::NONE, &tj)?;
             w.tensor("file:tokenizer_config.json", DType::U8, &[tc.len() as u64], Scale::NONE, &tc)?;
@@ -1018,7 +1051,11 @@ fn hf_config(cfg: &ModelConfig) -> Json {
 }
 
 /// tokenizer.json and tokenizer_config.json rebuilt from `tokenizer.ggml.*` (gpt2 BPE only).
-fn tokenizer_json(g: &Gguf, cfg: &ModelConfig) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+fn tokenizer_json(
+    g: &Gguf,
+    cfg: &ModelConfig,
+    notes: &mut Vec<String>,
+) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
     if g.get("tokenizer.ggml.model").and_then(Value::as_str) != Some("gpt2") {
         return Ok(None);
     }
@@ -1047,6 +1084,12 @@ fn tokenizer_json(g: &Gguf, cfg: &ModelConfig) -> Result<Option<(Vec<u8>, Vec<u8
     };
     let mut vocab = serde_json::Map::new();
     let mut added = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    if let Some(dup) = tokens.iter().find(|t| !seen.insert(**t)) {
+        return Err(Error::gguf(format!(
+            "tokenizer.ggml.tokens holds {dup:?} twice; llama.cpp refuses such a vocabulary too"
+        )));
+    }
     for (id, (&tok, &ty)) in tokens
         .iter()
         .zip(types.iter().chain(std::iter::repeat(&1)))
@@ -1061,6 +1104,11 @@ fn tokenizer_json(g: &Gguf, cfg: &ModelConfig) -> Result<Option<(Vec<u8>, Vec<u8
         .get("tokenizer.ggml.pre")
         .and_then(Value::as_str)
         .unwrap_or("default");
+    if !matches!(pre, "default" | "gpt2" | "llama-bpe") {
+        notes.push(format!(
+            "tokenizer.ggml.pre {pre:?} has no exact tokenizers equivalent here: text is pre-split the GPT-2 way (token ids given with --ids are unaffected)"
+        ));
+    }
     let byte_level = |regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": regex});
     let pre_tok = if pre == "llama-bpe" {
         json!({"type": "Sequence", "pretokenizers": [
@@ -1115,4 +1163,35 @@ fn tokenizer_json(g: &Gguf, cfg: &ModelConfig) -> Result<Option<(Vec<u8>, Vec<u8
         tj,
         serde_json::to_vec_pretty(&tc).expect("serializes"),
     )))
+}
+
+/// Opens a model to run: a `.bnet` as it is; a GGUF file through an import into an unlinked
+/// temporary file (the kernels read the `.bnet` layout; nothing is left on disk, whatever
+/// happens). Returns the container and whether it was imported.
+pub fn open_model(path: &Path) -> Result<(BnetFile, bool)> {
+    if !crate::format::gguf::is_gguf(path) {
+        return Ok((BnetFile::open(path)?, false));
+    }
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    // SAFETY: read-only mapping of a file we do not modify (see BnetFile::open).
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+    let g = Gguf::parse(&map, false)?;
+    let tmp = tempfile::tempfile().map_err(|e| crate::output::write_error(path, e))?;
+    let sink = std::io::BufWriter::with_capacity(
+        8 << 20,
+        tmp.try_clone()
+            .map_err(|e| crate::output::write_error(path, e))?,
+    );
+    let (sink, _) = import(
+        &g,
+        &map,
+        path,
+        sink,
+        path,
+        &ImportOptions::default(),
+        &|_| {},
+    )?;
+    sink.into_inner()
+        .map_err(|e| crate::output::write_error(path, e.into_error()))?;
+    Ok((BnetFile::from_file(&tmp, path)?, true))
 }

@@ -1,8 +1,7 @@
 //! bitnet-run: generate text, dump logits, measure perplexity or speed with the fast runner.
 
 use anyhow::{bail, Context, Result};
-use bitnet::cli::EXIT_OK;
-use bitnet::format::BnetFile;
+use bitnet::cli::{open_model, EXIT_OK};
 use bitnet::kernels::Kernel;
 use bitnet::output::AtomicFile;
 use bitnet::runner::{fast::Session, reference, sample::Sampler, weights::Weights};
@@ -101,7 +100,7 @@ fn run(a: Args) -> Result<()> {
             .num_threads(n)
             .build_global()?;
     }
-    let f = BnetFile::open(&a.model).with_context(|| a.model.display().to_string())?;
+    let f = open_model(&a.model, a.json)?;
     let w = Weights::load(&f).with_context(|| a.model.display().to_string())?;
     let kern = Kernel::selected().map_err(anyhow::Error::msg)?;
     let tok = Tokenizer::from_container(&f);

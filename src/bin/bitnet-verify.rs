@@ -1,8 +1,7 @@
 //! bitnet-verify: the fast runner against the f32 reference on the same tokens.
 
 use anyhow::{Context, Result};
-use bitnet::cli::{EXIT_FAILED, EXIT_OK};
-use bitnet::format::BnetFile;
+use bitnet::cli::{open_model, EXIT_FAILED, EXIT_OK};
 use bitnet::kernels::Kernel;
 use bitnet::runner::compare::{compare, summarize};
 use bitnet::runner::{fast::Session, reference, weights::Weights};
@@ -78,13 +77,13 @@ fn argmax(x: &[f32]) -> u32 {
 }
 
 fn run(a: Args) -> Result<u8> {
-    let f = BnetFile::open(&a.model).with_context(|| a.model.display().to_string())?;
+    let f = open_model(&a.model, a.json)?;
     let w = Weights::load(&f).with_context(|| a.model.display().to_string())?;
     let (_tmp, ref_file) = match &a.reference {
         None => (None, None),
         Some(p) => {
             let (tmp, path) = reference_container(p)?;
-            let rf = BnetFile::open(&path).with_context(|| p.display().to_string())?;
+            let rf = open_model(&path, true)?;
             (tmp, Some(rf))
         }
     };

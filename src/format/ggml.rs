@@ -48,7 +48,8 @@ const fn t(id: u32, name: &'static str, block: u64, block_bytes: u64) -> GgmlTyp
     }
 }
 
-/// Mainline ggml's table (`ggml.c` type traits), ids 0–42 where a size rule exists.
+/// Mainline ggml's table (`ggml.c` type traits; gguf-py 0.19 agrees except Q8_1, where ggml's
+/// `sizeof(block_q8_1)` is 36), ids 0–41 where a size rule exists.
 const MAINLINE: &[GgmlType] = &[
     t(0, "F32", 1, 4),
     t(1, "F16", 1, 2),
@@ -82,6 +83,8 @@ const MAINLINE: &[GgmlType] = &[
     t(34, "TQ1_0", 256, 54),
     t(35, "TQ2_0", 256, 66),
     t(39, "MXFP4", 32, 17),
+    t(40, "NVFP4", 64, 36),
+    t(41, "Q1_0", 128, 18),
 ];
 
 const I2S_TYPE: GgmlType = t(I2_S, "I2_S", 1, 1);

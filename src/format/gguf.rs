@@ -13,7 +13,10 @@ pub const DEFAULT_ALIGNMENT: u64 = 32;
 pub const MAX_STRING: u64 = 16 << 20;
 pub const MAX_KEY: u64 = 65535;
 pub const MAX_NAME: u64 = 255;
-pub const MAX_ARRAY: u64 = 1 << 26;
+/// Elements of one array, and of all arrays of a file together: each becomes a ~32-byte
+/// value, so this bounds the reader's memory (the largest real vocabularies are ~300k).
+pub const MAX_ARRAY: u64 = 1 << 22;
+pub const MAX_ARRAY_TOTAL: u64 = 1 << 23;
 pub const MAX_DEPTH: usize = 3;
 pub const MAX_TENSORS: u64 = 1 << 20;
 pub const MAX_KV: u64 = 1 << 20;
@@ -164,6 +167,8 @@ fn bad(msg: impl Into<String>) -> Error {
 struct Cur<'a> {
     b: &'a [u8],
     pos: usize,
+    /// Array elements read so far (capped by `MAX_ARRAY_TOTAL`).
+    elements: u64,
 }
 
 impl<'a> Cur<'a> {
@@ -242,6 +247,12 @@ impl<'a> Cur<'a> {
                     _ => return Err(bad(format!("{key}: unknown array element type {et}"))),
                 };
                 let n = self.count(&format!("{key}: array length"), min, MAX_ARRAY)?;
+                self.elements += n;
+                if self.elements > MAX_ARRAY_TOTAL {
+                    return Err(bad(format!(
+                        "{key}: more than {MAX_ARRAY_TOTAL} array elements in the file"
+                    )));
+                }
                 let mut v = Vec::with_capacity(n as usize);
                 for _ in 0..n {
                     v.push(self.value(et, key, depth + 1)?);
@@ -266,7 +277,11 @@ impl Gguf {
     /// file. `bitnet_cpp` forces bitnet.cpp's type ids; otherwise they apply only when the
     /// file says it comes from bitnet.cpp (formats/gguf.md §5).
     pub fn parse(b: &[u8], bitnet_cpp: bool) -> Result<Gguf> {
-        let mut c = Cur { b, pos: 0 };
+        let mut c = Cur {
+            b,
+            pos: 0,
+            elements: 0,
+        };
         if c.arr::<4>("magic")? != MAGIC {
             return Err(bad("not a GGUF file (no GGUF magic)"));
         }
