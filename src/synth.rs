@@ -20,6 +20,8 @@ pub struct SynthSpec {
     pub tied: bool,
     /// uint8-packed projections plus `weight_scale` (autobitlinear offline) instead of bf16 latent.
     pub packed: bool,
+    /// SiLU instead of relu2 (1bitLLM-style: what mainline llama.cpp's `bitnet` graph runs).
+    pub silu: bool,
 }
 
 impl SynthSpec {
@@ -34,6 +36,7 @@ impl SynthSpec {
             vocab: 128256,
             tied: true,
             packed: false,
+            silu: false,
         }
     }
     /// A small model with row lengths that are not multiples of 256.
@@ -47,6 +50,7 @@ impl SynthSpec {
             vocab: 300,
             tied: false,
             packed: false,
+            silu: false,
         }
     }
 
@@ -54,7 +58,7 @@ impl SynthSpec {
         let mut c = json!({
             "architectures": ["BitNetForCausalLM"],
             "model_type": "bitnet",
-            "hidden_act": "relu2",
+            "hidden_act": if self.silu { "silu" } else { "relu2" },
             "hidden_size": self.hidden,
             "intermediate_size": self.intermediate,
             "num_hidden_layers": self.layers,

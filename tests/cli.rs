@@ -526,6 +526,7 @@ fn medium(dir: &Path) -> PathBuf {
         vocab: 32000,
         tied: true,
         packed: false,
+        silu: false,
     };
     let m = dir.join("medium");
     write_checkpoint(&m, &spec, 3).unwrap();

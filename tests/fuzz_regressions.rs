@@ -108,3 +108,21 @@ fn bnet_open_1_higher_minor_version() {
     assert_eq!(index.version, (1, 0xC100));
     assert!(bitnet::format::bnet::verify(&index, &data).ok());
 }
+
+#[test]
+fn gguf_import_inputs() {
+    let inputs = inputs("gguf_import");
+    assert!(inputs.len() >= 2, "fuzz/corpus/gguf_import is missing");
+    for (name, data) in &inputs {
+        eprintln!("gguf_import: {name}");
+        checks::check_gguf_import(data);
+        if name.starts_with("mini-") {
+            // the seeds are complete models: they must keep importing
+            let g = bitnet::format::gguf::Gguf::parse(data, false)
+                .unwrap_or_else(|e| panic!("seed {name} no longer parses: {e}"));
+            let opts = bitnet::gguf_io::ImportOptions::default();
+            bitnet::gguf_io::plan_import(&g, &opts)
+                .unwrap_or_else(|e| panic!("seed {name} no longer imports: {e}"));
+        }
+    }
+}

@@ -263,3 +263,95 @@ pub fn check_tokenizer(data: &[u8]) {
         .expect("decode with skip_special_tokens");
     tok.decode(ids, false).expect("decode");
 }
+
+/// Target `gguf_import`: GGUF bytes through the reader (both type-id dialects), a re-write by
+/// our writer, and the import into a `.bnet`.
+///
+/// - parsing never panics; what parses has every tensor inside the file, aligned, disjoint;
+/// - what parses re-writes (when ggml's 63-byte name limit allows) to a file that parses to the
+///   same metadata, tensor names, dims, types and data bytes;
+/// - what imports is a container that opens, verifies, and holds only canonical packed codes.
+pub fn check_gguf_import(data: &[u8]) {
+    use bitnet::format::gguf::{Gguf, PlannedTensor, Writer as GgufWriter};
+    for bitnet_cpp in [false, true] {
+        let Ok(g) = Gguf::parse(data, bitnet_cpp) else {
+            continue;
+        };
+        let mut spans: Vec<_> = g.tensors.iter().map(|t| t.range()).collect();
+        spans.sort_by_key(|r| r.start);
+        assert!(spans.windows(2).all(|w| w[0].end <= w[1].start), "overlap");
+        assert!(
+            spans.iter().all(|r| r.end <= data.len()),
+            "outside the file"
+        );
+        assert!(
+            g.tensors.iter().all(|t| t.offset % g.alignment == 0),
+            "misaligned"
+        );
+        if g.tensors.iter().all(|t| t.name.len() <= 63) {
+            let kv: Vec<_> =
+                g.kv.iter()
+                    .filter(|(k, _)| k != "general.alignment")
+                    .cloned()
+                    .collect();
+            let plan: Vec<PlannedTensor> = g
+                .tensors
+                .iter()
+                .map(|t| PlannedTensor {
+                    name: t.name.clone(),
+                    dims: t.dims.clone(),
+                    ty: t.ty,
+                })
+                .collect();
+            let mut w = GgufWriter::new(Vec::new(), std::path::Path::new("fuzz.gguf"), &kv, &plan)
+                .expect("a parsed file re-writes");
+            for t in &g.tensors {
+                w.write(&data[t.range()]).expect("in memory");
+            }
+            let out = w.finish().expect("in memory");
+            let g2 = Gguf::parse(&out, bitnet_cpp).expect("our writer's output parses");
+            let kv2: Vec<_> = g2
+                .kv
+                .iter()
+                .filter(|(k, _)| k != "general.alignment")
+                .cloned()
+                .collect();
+            assert_eq!(kv2, kv, "metadata changed in the re-write");
+            assert_eq!(g2.tensors.len(), g.tensors.len());
+            for (a, b) in g.tensors.iter().zip(&g2.tensors) {
+                assert_eq!((&a.name, &a.dims, a.ty), (&b.name, &b.dims, b.ty));
+                assert!(
+                    data[a.range()] == out[b.range()],
+                    "data of {} changed",
+                    a.name
+                );
+            }
+        }
+        let opts = bitnet::gguf_io::ImportOptions {
+            activation: Some(bitnet::model::Activation::Silu),
+        };
+        if bitnet::gguf_io::plan_import(&g, &opts).is_err() {
+            continue;
+        }
+        let dest = std::path::Path::new("fuzz.bnet");
+        if let Ok((out, _)) = bitnet::gguf_io::import(
+            &g,
+            data,
+            std::path::Path::new("fuzz.gguf"),
+            Cursor::new(Vec::new()),
+            dest,
+            &opts,
+            &|_| {},
+        ) {
+            let out = out.into_inner();
+            let index = Index::parse(&out[..]).expect("an imported container opens");
+            assert!(
+                bnet::verify(&index, &out).ok(),
+                "an imported container verifies"
+            );
+            for e in index.entries.iter().filter(|e| e.dtype.is_packed()) {
+                assert!(bitnet::quant::packed_is_canonical(e, index.data(&out, e)));
+            }
+        }
+    }
+}
