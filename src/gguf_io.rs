@@ -201,14 +201,7 @@ pub fn export<W: Write>(
 
     let mut kv = model_kv(&cfg, arch, ty);
     kv.extend(tokenizer_kv(f, &cfg, &mut notes)?);
-    let planned: Vec<PlannedTensor> = plan
-        .iter()
-        .map(|(p, _)| PlannedTensor {
-            name: p.name.clone(),
-            dims: p.dims.clone(),
-            ty: p.ty,
-        })
-        .collect();
+    let planned: Vec<PlannedTensor> = plan.iter().map(|(p, _)| p.clone()).collect();
     let mut w = crate::format::gguf::Writer::new(out, dest, &kv, &planned)?;
     for (p, e) in &plan {
         let data = f.data(e);

@@ -109,14 +109,7 @@ fn type_table_sizes_and_the_36_to_39_collision() {
 }
 
 fn write_gguf(kv: &[(String, Value)], tensors: &[(PlannedTensor, Vec<u8>)]) -> Vec<u8> {
-    let plan: Vec<PlannedTensor> = tensors
-        .iter()
-        .map(|(p, _)| PlannedTensor {
-            name: p.name.clone(),
-            dims: p.dims.clone(),
-            ty: p.ty,
-        })
-        .collect();
+    let plan: Vec<PlannedTensor> = tensors.iter().map(|(p, _)| p.clone()).collect();
     let mut w = Writer::new(Vec::new(), Path::new("mem.gguf"), kv, &plan).unwrap();
     for (_, data) in tensors {
         // in two pieces, as a streaming writer gets it

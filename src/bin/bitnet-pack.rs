@@ -151,7 +151,8 @@ fn run(a: Args) -> Result<()> {
         let parent = a.output.parent().filter(|p| !p.as_os_str().is_empty());
         let tmp = tempfile::tempfile_in(parent.unwrap_or(Path::new(".")))
             .map_err(|e| bitnet::output::write_error(&a.output, e))?;
-        run_pack(&a, tmp.try_clone()?, &a.output)?;
+        // the export prints the one summary (and the one JSON document)
+        run_pack(&a, tmp.try_clone()?, &a.output, false)?;
         let f = BnetFile::from_file(&tmp, &a.output)?;
         return run_export(&a, &f);
     }
@@ -166,12 +167,13 @@ fn run(a: Args) -> Result<()> {
         .file()
         .try_clone()
         .map_err(|e| bitnet::output::write_error(&a.output, e))?;
-    run_pack(&a, file, &a.output)?;
+    run_pack(&a, file, &a.output, true)?;
     Ok(out.commit()?)
 }
 
-/// Packs the checkpoint IN into `file` (`dest` names the output in messages).
-fn run_pack(a: &Args, file: std::fs::File, dest: &Path) -> Result<()> {
+/// Packs the checkpoint IN into `file` (`dest` names the output in messages); `summary`
+/// prints the result.
+fn run_pack(a: &Args, file: std::fs::File, dest: &Path, summary: bool) -> Result<()> {
     let started = std::time::Instant::now();
     let ck = Checkpoint::open(
         &a.input,
@@ -211,6 +213,9 @@ fn run_pack(a: &Args, file: std::fs::File, dest: &Path) -> Result<()> {
     drop(sink);
     pb.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
+    if !summary {
+        return Ok(());
+    }
     if a.json {
         let mut j = serde_json::to_value(&report)?;
         j["seconds"] = secs.into();
@@ -219,12 +224,7 @@ fn run_pack(a: &Args, file: std::fs::File, dest: &Path) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&j)?);
     } else if !a.quiet {
         eprintln!(
-            "{} {}: {} tensors, {} ({:.4} bits per quantized weight) in {secs:.2} s{}",
-            if has_ext(dest, "gguf") {
-                "packed for"
-            } else {
-                "wrote"
-            },
+            "wrote {}: {} tensors, {} ({:.4} bits per quantized weight) in {secs:.2} s{}",
             dest.display(),
             report.tensors,
             bitnet::inspect::human(report.output_bytes),
@@ -237,6 +237,14 @@ fn run_pack(a: &Args, file: std::fs::File, dest: &Path) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Flushes a conversion's buffered output and returns its size.
+fn commit_output(dest: &Path, sink: BufWriter<&mut std::fs::File>) -> Result<u64> {
+    let file = sink
+        .into_inner()
+        .map_err(|e| bitnet::output::write_error(dest, e.into_error()))?;
+    Ok(file.metadata().map(|m| m.len()).unwrap_or(0))
 }
 
 /// Prints notes and the summary of a GGUF conversion.
@@ -272,9 +280,7 @@ fn run_export(a: &Args, f: &BnetFile) -> Result<()> {
     let pb = progress_bar(total, "exporting", a.quiet || a.json);
     let sink = BufWriter::with_capacity(8 << 20, out.file());
     let (sink, mut report) = export(f, sink, &a.output, ty, &|n| pb.inc(n))?;
-    sink.into_inner()
-        .map_err(|e| bitnet::output::write_error(&a.output, e.into_error()))?;
-    report.output_bytes = out.file().metadata().map(|m| m.len()).unwrap_or(0);
+    report.output_bytes = commit_output(&a.output, sink)?;
     out.commit()?;
     pb.finish_and_clear();
     let what = format!(
@@ -313,8 +319,7 @@ fn run_import(a: &Args) -> Result<()> {
     let sink = BufWriter::with_capacity(8 << 20, out.file());
     let (sink, report) = import(&g, &map, &a.input, sink, &a.output, &opts, &|n| pb.inc(n))
         .with_context(|| a.input.display().to_string())?;
-    sink.into_inner()
-        .map_err(|e| bitnet::output::write_error(&a.output, e.into_error()))?;
+    commit_output(&a.output, sink)?;
     out.commit()?;
     pb.finish_and_clear();
     let what = format!(

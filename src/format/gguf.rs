@@ -470,6 +470,7 @@ fn put_value(out: &mut Vec<u8>, v: &Value) {
 }
 
 /// A tensor to be written: name, dims (ne0 first) and type; its size follows from the type.
+#[derive(Clone, Debug)]
 pub struct PlannedTensor {
     pub name: String,
     pub dims: Vec<u64>,
