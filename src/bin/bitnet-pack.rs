@@ -17,16 +17,17 @@ use std::process::ExitCode;
 #[derive(Parser)]
 #[command(
     version,
-    about = "Pack a BitNet / ternary Hugging Face checkpoint into a .bnet container, or unpack a .bnet to safetensors",
-    long_about = "Pack a BitNet / ternary Hugging Face checkpoint into a .bnet container, or unpack a .bnet to safetensors.\n\n\
+    about = "Pack a BitNet / ternary Hugging Face checkpoint into a .bnet container; unpack a .bnet; export or import GGUF",
+    long_about = "Pack a BitNet / ternary Hugging Face checkpoint into a .bnet container; unpack a .bnet; export or import GGUF.\n\n\
 The direction follows from the file types: IN a model directory or .safetensors file and OUT a .bnet packs; \
-IN a .bnet and OUT a .safetensors unpacks (dequantized f32 weights, the config in __metadata__); IN a .bnet and any other OUT writes a model directory transformers can load.\n\n\
+IN a .bnet and OUT a .safetensors unpacks (dequantized f32 weights, the config in __metadata__); IN a .bnet and any other OUT writes a model directory transformers can load; \
+IN a .bnet or a checkpoint and OUT a .gguf exports for llama.cpp / bitnet.cpp (--gguf-type); IN a .gguf and OUT a .bnet imports (formats/gguf.md).\n\n\
 Exit codes: 0 success, 2 error (nothing is left under OUT)."
 )]
 struct Args {
-    /// Model directory (config.json, *.safetensors or a sharded index, tokenizer files), a .safetensors file, or a .bnet to unpack
+    /// Model directory (config.json, *.safetensors or a sharded index, tokenizer files), a .safetensors file, a .bnet to unpack or export, or a .gguf to import
     input: PathBuf,
-    /// Output: a .bnet container; when unpacking, a .safetensors file or a new model directory
+    /// Output: a .bnet container; when unpacking, a .safetensors file or a new model directory; a .gguf to export
     output: PathBuf,
     /// config.json to use (default: the one beside the weights)
     #[arg(long)]

@@ -15,8 +15,8 @@ use std::time::Instant;
 #[derive(Parser)]
 #[command(
     version,
-    about = "Run a .bnet model: generate text, dump logits, perplexity, benchmark",
-    long_about = "Run a .bnet model with the fast SIMD runner.\n\n\
+    about = "Run a .bnet (or GGUF) model: generate text, dump logits, perplexity, benchmark",
+    long_about = "Run a .bnet model (or a GGUF file, imported on the fly) with the fast SIMD runner.\n\n\
 bitnet-run model.bnet --prompt \"Once upon a time\" -n 64     stream generated text (greedy unless --temp > 0)\n\
 bitnet-run model.bnet --ids 1,2,3 --dump-logits out.safetensors   f32 logits [positions, vocab]\n\
 bitnet-run model.bnet --ppl held-out.txt --ctx 512          perplexity over a text file\n\
