@@ -29,6 +29,29 @@ fn install_interrupt_handler() {
     });
 }
 
+/// Checks that `dest` can be written (its directory exists; it does not exist unless `force`)
+/// and returns its directory. Run it before long work, so that a bad output path fails early.
+pub fn check_dest(dest: &Path, force: bool) -> Result<PathBuf> {
+    let parent = match dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !parent.is_dir() {
+        return Err(Error::Output(format!(
+            "{}: output directory {} does not exist; create it first or choose another output path",
+            dest.display(),
+            parent.display()
+        )));
+    }
+    if dest.exists() && !force {
+        return Err(Error::Output(format!(
+            "{}: already exists; pass --force to overwrite it",
+            dest.display()
+        )));
+    }
+    Ok(parent)
+}
+
 /// An output file that appears under its name only when `commit` succeeds.
 pub struct AtomicFile {
     tmp: tempfile::NamedTempFile,
@@ -39,23 +62,7 @@ pub struct AtomicFile {
 impl AtomicFile {
     /// Checks the destination and creates the temporary file beside it.
     pub fn create(dest: &Path, force: bool) -> Result<AtomicFile> {
-        let parent = match dest.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        if !parent.is_dir() {
-            return Err(Error::Output(format!(
-                "{}: output directory {} does not exist; create it first or choose another output path",
-                dest.display(),
-                parent.display()
-            )));
-        }
-        if dest.exists() && !force {
-            return Err(Error::Output(format!(
-                "{}: already exists; pass --force to overwrite it",
-                dest.display()
-            )));
-        }
+        let parent = check_dest(dest, force)?;
         let name = dest.file_name().and_then(|n| n.to_str()).unwrap_or("out");
         let mut builder = tempfile::Builder::new();
         let prefix = format!(".{name}.");

@@ -148,7 +148,7 @@ fn run(a: Args) -> Result<()> {
     if to_gguf {
         // checkpoint -> GGUF goes through a container in an unlinked temporary file, so
         // nothing is left behind whatever happens
-        AtomicFile::create(&a.output, a.force)?; // fail early on an existing OUT
+        bitnet::output::check_dest(&a.output, a.force)?; // fail before packing
         let parent = a.output.parent().filter(|p| !p.as_os_str().is_empty());
         let tmp = tempfile::tempfile_in(parent.unwrap_or(Path::new(".")))
             .map_err(|e| bitnet::output::write_error(&a.output, e))?;

@@ -432,12 +432,7 @@ impl Gguf {
 
 /// True when the file starts with the GGUF magic.
 pub fn is_gguf(path: &std::path::Path) -> bool {
-    use std::io::Read;
-    let mut magic = [0u8; 4];
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut magic))
-        .is_ok()
-        && magic == MAGIC
+    super::starts_with(path, &MAGIC)
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {

@@ -36,14 +36,19 @@ impl BnetFile {
     }
 }
 
+/// True when the file starts with `magic` (unreadable or short files: false).
+pub fn starts_with(path: &Path, magic: &[u8]) -> bool {
+    use std::io::Read;
+    let mut head = vec![0u8; magic.len()];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .is_ok()
+        && head == magic
+}
+
 /// True when the file starts with the `.bnet` magic.
 pub fn is_bnet(path: &Path) -> bool {
-    use std::io::Read;
-    let mut magic = [0u8; 8];
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut magic))
-        .is_ok()
-        && magic == bnet::MAGIC
+    starts_with(path, &bnet::MAGIC)
 }
 
 /// A safetensors header for tensors written in the given order, padded to 8 bytes.
