@@ -373,3 +373,55 @@ fn chat_template_renders_and_runs() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(!o.stdout.is_empty());
 }
+
+/// `--bench --json` reports the bytes a decode step streams (every packed projection plus the
+/// head, counted here from the index independently) and a bandwidth measured on them;
+/// a benchmark that cannot run is an error, not a report of zeros.
+#[test]
+fn bench_reports_bytes_and_bandwidth() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (extra, head) in [
+        (&[][..], "model.embed_tokens.weight"),
+        (&["--lm-head", "i8"][..], "lm_head.weight"),
+    ] {
+        let m = packed("bitnet-latent", tmp.path(), extra);
+        let f = bitnet::format::BnetFile::open(&m).unwrap();
+        let expect: u64 = f
+            .index
+            .entries
+            .iter()
+            .filter(|e| e.dtype.is_packed() || e.name == head)
+            .map(|e| e.len)
+            .sum();
+        let o = Command::cargo_bin("bitnet-run")
+            .unwrap()
+            .arg(&m)
+            .args(["--bench", "--bench-prompt", "5", "--bench-decode", "3"])
+            .args(["--threads", "1", "--json"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let r: Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(r["weight_bytes_per_decode_token"], expect, "{extra:?}");
+        assert_eq!(r["prompt_tokens"], 5);
+        assert_eq!(r["decode_tokens"], 3);
+        assert_eq!(r["threads"], 1);
+        for k in [
+            "prompt_tokens_per_s",
+            "decode_tokens_per_s",
+            "read_bandwidth_gb_per_s",
+            "decode_share_of_bandwidth",
+        ] {
+            assert!(r[k].as_f64().unwrap() > 0.0, "{k}: {r}");
+        }
+    }
+    let m = tmp.path().join("bitnet-latent.bnet");
+    let o = Command::cargo_bin("bitnet-run")
+        .unwrap()
+        .arg(&m)
+        .args(["--bench", "--bench-decode", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--bench-decode (0)"));
+}

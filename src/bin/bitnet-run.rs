@@ -10,7 +10,6 @@ use clap::Parser;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Instant;
 
 #[derive(Parser)]
 #[command(
@@ -107,47 +106,17 @@ fn run(a: Args) -> Result<()> {
     let ctx = w.cfg.max_position_embeddings as usize;
 
     if a.bench {
-        let v = w.cfg.vocab_size as u32;
-        let prompt: Vec<u32> = (0..a.bench_prompt as u32)
-            .map(|i| (i * 7919 + 13) % v)
-            .collect();
-        if a.bench_prompt + a.bench_decode > ctx {
-            bail!("--bench-prompt + --bench-decode exceed the model's context of {ctx}");
-        }
-        let mut s = Session::new(&w, kern);
-        let t0 = Instant::now();
-        let mut last = s.forward(&prompt, false)?.pop().expect("one");
-        let pp = t0.elapsed().as_secs_f64();
-        let t1 = Instant::now();
-        for _ in 0..a.bench_decode {
-            let next = bitnet::runner::compare::top_k(&last, 1)[0] as u32;
-            last = s.forward(&[next], false)?.pop().expect("one");
-        }
-        let tg = t1.elapsed().as_secs_f64();
-        let threads = rayon::current_num_threads();
-        let packed: u64 = f
-            .index
-            .entries
-            .iter()
-            .filter(|e| e.dtype.is_packed())
-            .map(|e| e.len)
-            .sum();
-        let head = w.lm_head.data.len() as u64;
-        let per_token = packed + head;
-        let r = serde_json::json!({
-            "kernel": kern.name(), "threads": threads,
-            "prompt_tokens": a.bench_prompt, "prompt_tokens_per_s": a.bench_prompt as f64 / pp,
-            "decode_tokens": a.bench_decode, "decode_tokens_per_s": a.bench_decode as f64 / tg,
-            "weight_bytes_per_decode_token": per_token,
-            "decode_weight_gb_per_s": per_token as f64 * a.bench_decode as f64 / tg / 1e9,
-        });
+        let r = bitnet::runner::bench::run(&w, kern, a.bench_prompt, a.bench_decode)?;
         if a.json {
             println!("{}", serde_json::to_string_pretty(&r)?);
         } else {
             println!(
-                "kernel {}, {threads} threads: prompt {} tokens at {:.1} tokens/s, decode {} tokens at {:.1} tokens/s ({:.2} GB/s of weights)",
-                kern.name(), a.bench_prompt, a.bench_prompt as f64 / pp, a.bench_decode,
-                a.bench_decode as f64 / tg, r["decode_weight_gb_per_s"].as_f64().unwrap_or(0.0)
+                "kernel {}, {} threads: prompt {} tokens at {:.1} tokens/s, decode {} tokens at {:.1} tokens/s\n\
+                 decode reads {:.2} GB of weights per token: {:.2} GB/s, {:.0}% of the {:.2} GB/s this process can read them at",
+                r.kernel, r.threads, r.prompt_tokens, r.prompt_tokens_per_s, r.decode_tokens,
+                r.decode_tokens_per_s, r.weight_bytes_per_decode_token as f64 / 1e9,
+                r.decode_weight_gb_per_s, 100.0 * r.decode_share_of_bandwidth,
+                r.read_bandwidth_gb_per_s
             );
         }
         return Ok(());

@@ -48,6 +48,7 @@ fn dot_row_generic(dtype: DType, row: &[u8], h: &[f32]) -> f32 {
 }
 
 /// AVX2 + FMA + F16C: widen 8 stored values to f32 and fuse-multiply-add into 4 accumulators.
+/// The dtype is matched once, outside the loop: each arm is its own monomorphized loop.
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C; `row` holds `h.len()` values of `dtype`.
@@ -55,26 +56,49 @@ fn dot_row_generic(dtype: DType, row: &[u8], h: &[f32]) -> f32 {
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_row_avx2(dtype: DType, row: &[u8], h: &[f32]) -> f32 {
     use std::arch::x86_64::*;
-    let n = h.len();
-    let full = n / 32 * 32;
-    let load = |i: usize| -> __m256 {
-        match dtype {
-            DType::BF16 => {
-                let v = _mm_loadu_si128(row.as_ptr().add(2 * i) as *const __m128i);
-                _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(v)))
-            }
-            DType::F16 => {
-                _mm256_cvtph_ps(_mm_loadu_si128(row.as_ptr().add(2 * i) as *const __m128i))
-            }
-            DType::F32 => _mm256_loadu_ps(row.as_ptr().add(4 * i) as *const f32),
-            _ => _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
-                row.as_ptr().add(i) as *const __m128i
-            ))),
-        }
+    let p = row.as_ptr();
+    let main = match dtype {
+        DType::BF16 => dot_avx2_with::<2>(h, p, |i| {
+            let v = _mm_loadu_si128(p.add(2 * i) as *const __m128i);
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(v)))
+        }),
+        DType::F16 => dot_avx2_with::<2>(h, p, |i| {
+            _mm256_cvtph_ps(_mm_loadu_si128(p.add(2 * i) as *const __m128i))
+        }),
+        DType::F32 => dot_avx2_with::<4>(h, p, |i| _mm256_loadu_ps(p.add(4 * i) as *const f32)),
+        _ => dot_avx2_with::<1>(h, p, |i| {
+            _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
+                p.add(i) as *const __m128i
+            )))
+        }),
     };
+    let full = h.len() / 32 * 32;
+    let size = dtype.row_bytes(1).unwrap_or(1) as usize;
+    main + dot_row_generic(dtype, &row[full * size..], &h[full..])
+}
+
+/// The loop of `dot_row_avx2` over whole groups of 32 values of `SIZE` bytes each; `load(i)`
+/// widens values `i..i + 8` to f32.
+///
+/// # Safety
+/// As `dot_row_avx2`; `p` points at the row, which holds `h.len()` values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_avx2_with<const SIZE: usize>(
+    h: &[f32],
+    p: *const u8,
+    load: impl Fn(usize) -> std::arch::x86_64::__m256,
+) -> f32 {
+    use std::arch::x86_64::*;
+    let full = h.len() / 32 * 32;
     let mut acc = [_mm256_setzero_ps(); 4];
     let mut i = 0;
     while i < full {
+        // one 64-byte line per 32 values of at most 2 bytes, two for f32
+        super::x86::prefetch_ahead(p.wrapping_add(i * SIZE));
+        if SIZE == 4 {
+            super::x86::prefetch_ahead(p.wrapping_add(i * SIZE + 64));
+        }
         for (a, acc) in acc.iter_mut().enumerate() {
             let x = _mm256_loadu_ps(h.as_ptr().add(i + 8 * a));
             *acc = _mm256_fmadd_ps(load(i + 8 * a), x, *acc);
@@ -84,17 +108,7 @@ unsafe fn dot_row_avx2(dtype: DType, row: &[u8], h: &[f32]) -> f32 {
     let s = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
     let mut lanes = [0f32; 8];
     _mm256_storeu_ps(lanes.as_mut_ptr(), s);
-    let mut total = lanes.iter().sum::<f32>();
-    let tail = &h[full..];
-    if !tail.is_empty() {
-        let size = match dtype {
-            DType::F32 => 4,
-            DType::I8 => 1,
-            _ => 2,
-        };
-        total += dot_row_generic(dtype, &row[full * size..], tail);
-    }
-    total
+    lanes.iter().sum::<f32>()
 }
 
 /// `row · h` for a stored float row (I8 rows: the caller multiplies by the row scale).

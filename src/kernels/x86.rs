@@ -26,6 +26,7 @@ pub unsafe fn dot_t2_offset_avx2(row: &[u8], act: &[i8]) -> i32 {
     let ones = _mm256_set1_epi16(1);
     let mut acc = _mm256_setzero_si256();
     for (block, a) in row.chunks_exact(64).zip(act.chunks_exact(256)) {
+        prefetch_ahead(block.as_ptr());
         // i16 lanes add 8 pairs of at most 512 per block (≤ 4096): widen once per block
         let mut blk = _mm256_setzero_si256();
         for half in 0..2 {
@@ -107,6 +108,19 @@ pub unsafe fn dot_t2_offset_x4_avx512(row: &[u8], act: [&[i8]; 4]) -> [i32; 4] {
         _mm512_reduce_add_epi32(acc[2]),
         _mm512_reduce_add_epi32(acc[3]),
     ]
+}
+
+/// How far ahead of the current weight byte to prefetch. Decode streams every weight once from
+/// DRAM; the hardware prefetcher stops at 4 KiB page boundaries, so without this the kernels
+/// stall on weight loads (measured with perf: ~40% of decode time on the first load).
+pub const PREFETCH_BYTES: usize = 2048;
+
+/// Prefetches the cache line `PREFETCH_BYTES` past `p` (a hint: never faults, even past the end).
+#[inline(always)]
+pub fn prefetch_ahead(p: *const u8) {
+    // SAFETY: prefetch is a hint and does not dereference; wrapping_add keeps the pointer
+    // arithmetic defined outside the allocation.
+    unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_BYTES) as *const i8) }
 }
 
 #[target_feature(enable = "avx2")]

@@ -1,6 +1,7 @@
 //! Running a packed model: weights as views into the mapping ([`weights`]), the float
 //! operations ([`ops`]), the f32 reference ([`reference`]) and the fast runner ([`fast`]).
 
+pub mod bench;
 pub mod compare;
 pub mod fast;
 pub mod ops;
