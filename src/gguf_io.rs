@@ -179,10 +179,15 @@ pub fn export<W: Write>(
             let id = match e.dtype {
                 DType::F32 => ggml::F32,
                 DType::BF16 => ggml::BF16,
+                // the same 18-byte blocks; ggml needs whole blocks per row
+                DType::Q4 if e.rows_cols().1 % 32 == 0 => ggml::Q4_0,
                 _ => ggml::F16,
             };
-            if e.dtype == DType::I8 {
-                notes.push(format!("{canonical}: int8 rows dequantized to F16"));
+            if matches!(e.dtype, DType::I8 | DType::Q4) && id == ggml::F16 {
+                notes.push(format!(
+                    "{canonical}: {} rows dequantized to F16",
+                    e.dtype.name()
+                ));
             }
             GgmlType::from_id(id, ggml::Dialect::Mainline).expect("float type")
         };
@@ -218,7 +223,7 @@ pub fn export<W: Write>(
             let mut v = vec![0f32; e.numel() as usize];
             decode_dense(f, e, data, &mut v)?;
             w.write(&f32_bytes(&v))?;
-        } else if e.dtype == DType::I8 {
+        } else if e.dtype == DType::I8 || (e.dtype == DType::Q4 && p.ty.id == ggml::F16) {
             let (rows, k) = e.rows_cols();
             let mut row = vec![0f32; k as usize];
             let dense = Dense::from_container(f, &e.name, rows, k)?;
@@ -848,7 +853,11 @@ pub fn plan_import<'g>(g: &'g Gguf, opts: &ImportOptions) -> Result<ImportPlan<'
                 t.ty.id,
                 ggml::TQ1_0 | ggml::TQ2_0 | ggml::I2_S | ggml::F32 | ggml::F16 | ggml::BF16
             ),
-            _ => matches!(t.ty.id, ggml::F32 | ggml::F16 | ggml::BF16 | ggml::Q8_0),
+            // Q4_0 is the .bnet Q4 dtype byte for byte (a 4-bit head or embeddings)
+            _ => {
+                matches!(t.ty.id, ggml::F32 | ggml::F16 | ggml::BF16 | ggml::Q8_0)
+                    || (t.ty.id == ggml::Q4_0 && shape.len() == 2)
+            }
         };
         if !ok && role == Role::Projection {
             return Err(Error::gguf(format!(
@@ -858,7 +867,7 @@ pub fn plan_import<'g>(g: &'g Gguf, opts: &ImportOptions) -> Result<ImportPlan<'
         }
         if !ok {
             return Err(Error::gguf(format!(
-                "tensor {gname} is {}; only F32, F16, BF16 and Q8_0 are imported for embeddings, norms and the output head (re-make the file with llama-quantize --token-embedding-type f16 --output-tensor-type f16)",
+                "tensor {gname} is {}; only F32, F16, BF16, Q8_0 (and Q4_0 for 2-D tensors) are imported for embeddings, norms and the output head (re-make the file with llama-quantize --token-embedding-type f16 --output-tensor-type f16)",
                 t.ty.name
             )));
         }
@@ -950,6 +959,14 @@ pub fn import<W: Write + Seek>(
                 source_dtype: src,
             };
             w.tensor(canonical, DType::T2, shape, sc, &packed)?;
+        } else if t.ty.id == ggml::Q4_0 {
+            if let Some(r) = quant::q4_first_bad_row(data, k) {
+                return Err(Error::gguf(format!(
+                    "tensor {} row {r} has a non-finite Q4_0 scale; the file is damaged",
+                    t.name
+                )));
+            }
+            w.tensor(canonical, DType::Q4, shape, Scale::NONE, data)?;
         } else if t.ty.id == ggml::Q8_0 {
             let mut x = vec![0f32; (rows * k) as usize];
             ggml::decode_q8_0(data, &mut x);
@@ -991,7 +1008,13 @@ pub fn import<W: Write + Seek>(
         .collect();
     let meta = json!({
         "format": "bnet",
-        "format_version": format!("{}.{}", crate::format::bnet::VERSION_MAJOR, crate::format::bnet::VERSION_MINOR),
+        "format_version": format!(
+            "{}.{}",
+            crate::format::bnet::VERSION_MAJOR,
+            crate::format::bnet::minor_version_for(
+                items.iter().filter(|i| i.3.ty.id == ggml::Q4_0).map(|_| DType::Q4)
+            )
+        ),
         "family": format!("gguf-{arch}"),
         "model": cfg,
         "quantization": {

@@ -29,6 +29,8 @@ pub enum StoreAs {
     F16,
     /// int8 with one f32 scale per row.
     I8,
+    /// 4-bit blocks of 32 with an f16 scale each (format version 1.1).
+    Q4,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -254,7 +256,16 @@ fn convert<W: Write + Seek>(
     let sources = sources()?;
     let meta = json!({
         "format": "bnet",
-        "format_version": format!("{}.{}", bnet::VERSION_MAJOR, bnet::VERSION_MINOR),
+        "format_version": format!(
+            "{}.{}",
+            bnet::VERSION_MAJOR,
+            bnet::minor_version_for(
+                [opts.embeddings, opts.lm_head]
+                    .into_iter()
+                    .filter(|&s| s == StoreAs::Q4)
+                    .map(|_| DType::Q4)
+            )
+        ),
         "family": ck.family.name(),
         "model": cfg,
         "quantization": {
@@ -315,6 +326,7 @@ fn store_name(s: StoreAs) -> &'static str {
         StoreAs::Keep => "source dtype",
         StoreAs::F16 => "f16",
         StoreAs::I8 => "int8 per-row",
+        StoreAs::Q4 => "4-bit per-32-block (Q4)",
     }
 }
 
@@ -451,7 +463,8 @@ fn repack_hf(
     Ok((DType::T2, scale, data))
 }
 
-/// Writes a float tensor as is, as f16, or as per-row int8 (plus its `.row_scale` companion),
+/// Writes a float tensor as is, as f16, as Q4 blocks, or as per-row int8 (plus its `.row_scale`
+/// companion),
 /// chunk by chunk: each chunk is checked for NaN/Inf, written, and its source pages released,
 /// so memory stays flat however large the tensor.
 fn write_float_tensor<W: Write + Seek>(
@@ -470,7 +483,9 @@ fn write_float_tensor<W: Write + Seek>(
         StoreAs::Keep => f.dtype(),
         StoreAs::F16 => DType::F16,
         StoreAs::I8 => DType::I8,
+        StoreAs::Q4 => DType::Q4,
     };
+    let out_row = dtype.row_bytes(k as u64).expect("row of a mapped tensor") as usize;
     let mut scales = Vec::new();
     w.begin_tensor(name, dtype, &t.shape, Scale::NONE)?;
     for (ci, c) in bytes.chunks(chunk).enumerate() {
@@ -486,17 +501,30 @@ fn write_float_tensor<W: Write + Seek>(
                 quant::encode(Float::F16, &x, &mut o);
                 w.write(&o)?;
             }
-            StoreAs::I8 => {
+            StoreAs::I8 | StoreAs::Q4 => {
                 let rows: Vec<(Vec<u8>, f32)> = c
                     .par_chunks(row_src)
-                    .map(|r| {
+                    .enumerate()
+                    .map(|(r, src)| {
                         let mut x = vec![0f32; k];
-                        quant::decode(f, r, &mut x);
-                        let mut q = vec![0i8; k];
-                        let s = quant::quantize_i8_row(&x, &mut q);
-                        (q.into_iter().map(|v| v as u8).collect(), s)
+                        quant::decode(f, src, &mut x);
+                        let mut q = vec![0u8; out_row];
+                        if store == StoreAs::Q4 {
+                            quant::quantize_q4_row(&x, &mut q).map_err(|b| {
+                                let row = ci * (chunk / row_src) + r;
+                                Error::checkpoint(format!(
+                                    "tensor {name} row {row} block {b} has values too large for \
+                                     a Q4 block's f16 scale; store it as i8 or f16 instead"
+                                ))
+                            })?;
+                            return Ok((q, 0.0));
+                        }
+                        let mut qi = vec![0i8; k];
+                        let s = quant::quantize_i8_row(&x, &mut qi);
+                        q.iter_mut().zip(qi).for_each(|(o, v)| *o = v as u8);
+                        Ok((q, s))
                     })
-                    .collect();
+                    .collect::<Result<_>>()?;
                 for (q, s) in rows {
                     w.write(&q)?;
                     scales.push(s);
@@ -570,7 +598,7 @@ pub fn unpack<W: Write>(
         .filter(|e| !e.name.starts_with("file:") && !e.name.ends_with(".row_scale"))
         .collect();
     let out_dtype = |e: &bnet::Entry| match e.dtype {
-        DType::T2 | DType::B1 | DType::I8 => DType::F32,
+        DType::T2 | DType::B1 | DType::I8 | DType::Q4 => DType::F32,
         d => d,
     };
     let mut list = Vec::with_capacity(tensors.len());
@@ -615,6 +643,16 @@ pub fn unpack<W: Write>(
                         })
                         .collect();
                     out.write_all(&buf).map_err(io)?;
+                }
+            }
+            DType::Q4 => {
+                let row_bytes = e.dtype.row_bytes(k as u64).expect("checked at open") as usize;
+                for row in data.chunks(row_bytes) {
+                    let mut x = vec![0f32; k];
+                    quant::dequantize_q4_row(row, &mut x);
+                    let mut o = Vec::with_capacity(k * 4);
+                    quant::encode(Float::F32, &x, &mut o);
+                    out.write_all(&o).map_err(io)?;
                 }
             }
             DType::I8 => {

@@ -360,6 +360,74 @@ pub fn quantize_i8_row(x: &[f32], q: &mut [i8]) -> f32 {
     scale
 }
 
+/// Quantizes one row of `x` into Q4 blocks (formats/bnet.md §4.3); `out` holds
+/// `ceil(len / 32)` blocks of 18 bytes. Per block, the scale `d` is the element of largest
+/// magnitude divided by −8 (ggml's Q4_0 rule), rounded to f16 *before* the codes are chosen, so
+/// codes are nearest for the scale a reader will use: `q = clamp(round_half_even(x / d), −8, 7)`
+/// stored as `q + 8`. Padding past the end of `x` is code 8 (zero). Returns the index of the
+/// first block whose scale does not fit in f16 (|x| beyond 5.2e5), if any.
+pub fn quantize_q4_row(x: &[f32], out: &mut [u8]) -> Result<(), usize> {
+    for (b, blk) in out.chunks_exact_mut(18).enumerate() {
+        let xs = &x[(32 * b).min(x.len())..(32 * b + 32).min(x.len())];
+        let m = xs
+            .iter()
+            .fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+        let d = f16::from_f32(m / -8.0);
+        if !d.is_finite() {
+            return Err(b);
+        }
+        let df = d.to_f32();
+        blk[..2].copy_from_slice(&d.to_le_bytes());
+        let code = |i: usize| match xs.get(i) {
+            Some(&v) if df != 0.0 => (round_half_even_small((v / df).clamp(-8.0, 7.0)) + 8.0) as u8,
+            _ => 8,
+        };
+        for j in 0..16 {
+            blk[2 + j] = code(j) | code(j + 16) << 4;
+        }
+    }
+    Ok(())
+}
+
+/// Decodes Q4 blocks to `out.len()` values: element `32b + j` is `d_b · (nibble − 8)`, the low
+/// nibble of byte `j` for `j < 16`, the high nibble of byte `j − 16` otherwise.
+pub fn dequantize_q4_row(row: &[u8], out: &mut [f32]) {
+    for (blk, o) in row.chunks_exact(18).zip(out.chunks_mut(32)) {
+        let d = f16::from_le_bytes([blk[0], blk[1]]).to_f32();
+        for (i, v) in o.iter_mut().enumerate() {
+            let byte = blk[2 + i % 16];
+            let nib = if i < 16 { byte & 15 } else { byte >> 4 };
+            *v = d * (nib as f32 - 8.0);
+        }
+    }
+}
+
+/// The MUST rules of a Q4 tensor's data beyond its size (formats/bnet.md §4.3): every scale is
+/// finite and every padding element past `k` is code 8. `None` if it holds, else the row.
+pub fn q4_first_bad_row(data: &[u8], k: u64) -> Option<usize> {
+    let Some(row_bytes) = DType::Q4
+        .row_bytes(k)
+        .map(|r| r as usize)
+        .filter(|&r| r > 0)
+    else {
+        return Some(0);
+    };
+    let tail = (k % 32) as usize;
+    data.chunks(row_bytes).position(|row| {
+        let blocks: Vec<&[u8]> = row.chunks_exact(18).collect();
+        let bad_scale = blocks
+            .iter()
+            .any(|b| !f16::from_le_bytes([b[0], b[1]]).is_finite());
+        let last = blocks.last().expect("row_bytes > 0");
+        let bad_pad = tail != 0
+            && (tail..32).any(|i| {
+                let byte = last[2 + i % 16];
+                (if i < 16 { byte & 15 } else { byte >> 4 }) != 8
+            });
+        bad_scale || bad_pad
+    })
+}
+
 /// Converts f32 to the bytes of a float dtype (round to nearest even).
 pub fn encode(dst: Float, x: &[f32], out: &mut Vec<u8>) {
     match dst {

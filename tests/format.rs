@@ -143,16 +143,23 @@ proptest! {
 
     /// Write -> read round trips over random shapes and dtypes.
     #[test]
-    fn write_read_round_trip(shapes in proptest::collection::vec((1u64..5, 1u64..700, 0usize..4), 1..6)) {
+    fn write_read_round_trip(shapes in proptest::collection::vec((1u64..5, 1u64..700, 0usize..5), 1..6)) {
         let mut w = Writer::new(Cursor::new(Vec::new()), "p.bnet".as_ref()).unwrap();
         let mut want = Vec::new();
         for (i, &(r, k, d)) in shapes.iter().enumerate() {
-            let dtype = [DType::F32, DType::BF16, DType::T2, DType::B1][d];
+            let dtype = [DType::F32, DType::BF16, DType::T2, DType::B1, DType::Q4][d];
             let scale = if dtype.is_packed() { Scale { value: 1.5, op: ScaleOp::Multiply, source_dtype: DType::F32 } } else { Scale::NONE };
             let len = dtype.data_len(&[r, k]).unwrap() as usize;
             let data: Vec<u8> = match dtype {
                 DType::T2 => vec![0x55; len],
                 DType::B1 => vec![0; len],
+                DType::Q4 => {
+                    let x: Vec<f32> = (0..k).map(|j| (j as f32 - 9.5) * (i + 1) as f32).collect();
+                    let rb = DType::Q4.row_bytes(k).unwrap() as usize;
+                    let mut v = vec![0u8; len];
+                    v.chunks_mut(rb).for_each(|row| bitnet::quant::quantize_q4_row(&x, row).unwrap());
+                    v
+                }
                 _ => (0..len).map(|j| (j * 7 + i) as u8 & 0x3f).collect(),
             };
             w.tensor(&format!("t{i}"), dtype, &[r, k], scale, &data).unwrap();
@@ -163,6 +170,7 @@ proptest! {
         let b = c.into_inner();
         let idx = Index::parse(&b[..]).unwrap();
         prop_assert!(bnet::verify(&idx, &b).ok());
+        prop_assert_eq!(idx.version.1, u16::from(want.iter().any(|w| w.0 == DType::Q4)));
         for (i, (dtype, shape, data)) in want.iter().enumerate() {
             let e = &idx.entries[i];
             prop_assert_eq!(e.dtype, *dtype);
@@ -257,4 +265,129 @@ fn open_does_not_read_tensor_data() {
     // and through the real mmap path
     let f = bitnet::format::BnetFile::open(&path).unwrap();
     assert_eq!(f.index.entries.len(), 6);
+}
+
+/// Re-computes the header check after a header field was patched (formats/bnet.md §2).
+fn reseal(d: &mut [u8]) {
+    let check = blake3::hash(&d[..112]);
+    d[112..128].copy_from_slice(&check.as_bytes()[..16]);
+}
+
+/// A container with one Q4 tensor `[rows, k]` of the given bytes (and an I8 one when asked).
+fn q4_container(k: u64, q4: &[u8]) -> Vec<u8> {
+    let rows = q4.len() as u64 / DType::Q4.row_bytes(k).unwrap();
+    let mut w = Writer::new(Cursor::new(Vec::new()), "q4.bnet".as_ref()).unwrap();
+    w.tensor("head", DType::Q4, &[rows, k], Scale::NONE, q4)
+        .unwrap();
+    w.tensor("file:config.json", DType::U8, &[2], Scale::NONE, b"{}")
+        .unwrap();
+    w.finish(&json!({})).unwrap().0.into_inner()
+}
+
+/// formats/bnet.md §4.3's worked example, byte for byte, and back.
+#[test]
+fn q4_worked_example_is_byte_exact() {
+    let mut b = [0u8; 18];
+    bitnet::quant::quantize_q4_row(&[-4.0, 1.0, 0.6], &mut b).unwrap();
+    let mut want = vec![0x00, 0x38, 0x80, 0x8A, 0x89];
+    want.extend([0x88; 13]);
+    assert_eq!(b.to_vec(), want);
+    let mut x = [9f32; 3];
+    bitnet::quant::dequantize_q4_row(&b, &mut x);
+    assert_eq!(x, [-4.0, 1.0, 0.5]);
+    assert_eq!(DType::Q4.row_bytes(3), Some(18));
+    assert_eq!(DType::Q4.row_bytes(2560), Some(80 * 18));
+    assert_eq!(DType::Q4.row_bytes(33), Some(36));
+    // a scale beyond f16 is refused, never stored as infinity
+    assert_eq!(bitnet::quant::quantize_q4_row(&[1e6, 0.0], &mut b), Err(0));
+}
+
+/// Q4 rows round-trip to within half a step of their block's scale, except values beyond
+/// +7.5 steps (the other side of the largest magnitude, which ggml's rule maps to −8), which
+/// clamp to code 7.
+#[test]
+fn q4_quantization_error_is_half_a_step() {
+    let x: Vec<f32> = (0..100)
+        .map(|i| ((i * 7919 % 211) as f32 - 105.0) / 13.0)
+        .collect();
+    let mut b = vec![0u8; 4 * 18];
+    bitnet::quant::quantize_q4_row(&x, &mut b).unwrap();
+    let mut y = vec![0f32; 100];
+    bitnet::quant::dequantize_q4_row(&b, &mut y);
+    for (blk, (xs, ys)) in b.chunks(18).zip(x.chunks(32).zip(y.chunks(32))) {
+        let d = half::f16::from_le_bytes([blk[0], blk[1]]).to_f32();
+        for (a, b) in xs.iter().zip(ys) {
+            let clamped = a / d > 7.5 && *b == 7.0 * d;
+            assert!(
+                (a - b).abs() <= d.abs() / 2.0 + 1e-6 || clamped,
+                "{a} vs {b} (d {d})"
+            );
+        }
+    }
+}
+
+/// Q4 needs version 1.1: the writer stamps it, files without Q4 stay 1.0, a 1.0 header on a
+/// Q4 tensor is refused at open, and verify enforces the data rules (finite scale, padding).
+#[test]
+fn q4_version_and_data_rules() {
+    assert_eq!(&sample()[8..12], &[1, 0, 0, 0], "no Q4: still 1.0");
+    let mut rows = vec![0u8; 2 * 18];
+    bitnet::quant::quantize_q4_row(&[1.0, -2.0, 3.0], &mut rows[..18]).unwrap();
+    bitnet::quant::quantize_q4_row(&[0.5, 0.25, -0.125], &mut rows[18..]).unwrap();
+    let good = q4_container(3, &rows);
+    assert_eq!(&good[8..12], &[1, 0, 1, 0], "Q4: version 1.1");
+    let idx = Index::parse(&good[..]).unwrap();
+    assert_eq!(idx.version, (1, 1));
+    assert!(bnet::verify(&idx, &good).ok());
+
+    let mut old = good.clone();
+    old[10] = 0;
+    reseal(&mut old);
+    let e = Index::parse(&old[..]).unwrap_err().to_string();
+    assert!(e.contains("uses data type Q4, which needs 1.1"), "{e}");
+
+    for (what, patch) in [
+        ("NaN scale", (18usize, [0x00u8, 0x7E])),
+        ("padding nibble", (18 + 2 + 5, [0x87, 0x88])),
+    ] {
+        let mut bad = rows.clone();
+        bad[patch.0..patch.0 + 2].copy_from_slice(&patch.1);
+        let b = q4_container(3, &bad);
+        let idx = Index::parse(&b[..]).unwrap();
+        let r = bnet::verify(&idx, &b);
+        assert!(r.bad_tensors.is_empty(), "{what}: checksums are right");
+        assert!(
+            r.problems.iter().any(|p| p.contains("head: row 1")),
+            "{what}: {:?}",
+            r.problems
+        );
+    }
+}
+
+/// An I8 tensor without a matching `.row_scale` is refused at open (formats/bnet.md §4): a
+/// runner indexing a short scale vector would otherwise read out of bounds.
+#[test]
+fn i8_without_its_row_scale_is_refused_at_open() {
+    for scale in [
+        None,
+        Some((DType::F32, vec![2u64])),
+        Some((DType::F16, vec![3])),
+    ] {
+        let mut w = Writer::new(Cursor::new(Vec::new()), "i8.bnet".as_ref()).unwrap();
+        w.tensor("head", DType::I8, &[3, 4], Scale::NONE, &[1; 12])
+            .unwrap();
+        if let Some((d, shape)) = &scale {
+            let len = d.data_len(shape).unwrap() as usize;
+            w.tensor("head.row_scale", *d, shape, Scale::NONE, &vec![0; len])
+                .unwrap();
+        }
+        w.tensor("file:config.json", DType::U8, &[2], Scale::NONE, b"{}")
+            .unwrap();
+        let b = w.finish(&json!({})).unwrap().0.into_inner();
+        let e = Index::parse(&b[..]).unwrap_err().to_string();
+        assert!(
+            e.contains("\"head.row_scale\" (F32, shape [3])"),
+            "{scale:?}: {e}"
+        );
+    }
 }

@@ -593,3 +593,42 @@ fn run_takes_gguf_directly() {
         .clone();
     assert!(String::from_utf8_lossy(&text).contains("is GGUF"));
 }
+
+/// A Q4 head and Q4 embeddings (.bnet 1.1) export as ggml Q4_0 byte for byte and import back
+/// to the same bytes; the round-tripped model verifies against the original container.
+#[test]
+fn q4_tensors_travel_as_q4_0() {
+    let d = tmp();
+    let bnet = d.path().join("q4.bnet");
+    let fx = root().join("fixtures/llama-bitlinear-256");
+    pack(&fx, &bnet, &["--lm-head", "q4", "--embeddings", "q4"]);
+    let gg = d.path().join("q4.gguf");
+    let back = d.path().join("back.bnet");
+    pack(&bnet, &gg, &[]);
+    let bytes = std::fs::read(&gg).unwrap();
+    let g = Gguf::parse(&bytes, false).unwrap();
+    for n in ["output.weight", "token_embd.weight"] {
+        assert_eq!(g.tensor(n).unwrap().ty.name, "Q4_0", "{n}");
+    }
+    pack(&gg, &back, &[]);
+    let (a, b) = (
+        BnetFile::open(&bnet).unwrap(),
+        BnetFile::open(&back).unwrap(),
+    );
+    assert_eq!(b.index.version, (1, 1));
+    for n in ["lm_head.weight", "model.embed_tokens.weight"] {
+        let (ea, eb) = (a.index.get(n).unwrap(), b.index.get(n).unwrap());
+        assert_eq!(eb.dtype.name(), "Q4", "{n}");
+        assert_eq!(
+            ea.blake3, eb.blake3,
+            "{n}: bytes differ after the round trip"
+        );
+    }
+    bin("bitnet-verify")
+        .arg(&back)
+        .arg("--reference")
+        .arg(&bnet)
+        .args(["--prompt", "In the beginning God created", "--tokens", "4"])
+        .assert()
+        .success();
+}

@@ -104,3 +104,85 @@ fn extremes_do_not_overflow() {
         }
     }
 }
+
+/// Σ over blocks of the exact integer dot times `d_w · d_a`, in f64: what every Q4 path
+/// approximates (each block's integer part is exact; only the f32 sum order differs).
+fn q4_definition(row: &[u8], a: &bitnet::kernels::q4::Q8Blocks) -> (f64, f64) {
+    let (mut sum, mut mag) = (0f64, 0f64);
+    for (b, blk) in row.chunks(18).enumerate() {
+        let dw = half::f16::from_le_bytes([blk[0], blk[1]]).to_f32();
+        let dot: i64 = (0..32)
+            .map(|j| {
+                let byte = blk[2 + j % 16];
+                let n = if j < 16 { byte & 15 } else { byte >> 4 } as i64 - 8;
+                n * a.q[32 * b + j] as i64
+            })
+            .sum();
+        let t = (dw * a.d[b]) as f64 * dot as f64;
+        sum += t;
+        mag += t.abs();
+    }
+    (sum, mag)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+    /// Every path's Q4 · int8 dot agrees with the definition to f32 summation error (relative
+    /// 1e-5 of Σ|terms|), on random rows with outliers, any nibble, and odd lengths.
+    #[test]
+    fn q4_paths_agree_with_the_definition(
+        k in 1usize..700,
+        seed in any::<u64>(),
+        raw in any::<bool>(),
+    ) {
+        let mut s = seed | 1;
+        let mut next = || { s ^= s << 13; s ^= s >> 7; s ^= s << 17; s };
+        let x: Vec<f32> = (0..k).map(|i| {
+            let v = (next() % 2001) as f32 / 100.0 - 10.0;
+            if i % 97 == 3 { v * 50.0 } else { v }
+        }).collect();
+        let h: Vec<f32> = (0..k).map(|_| (next() % 2001) as f32 / 1000.0 - 1.0).collect();
+        let rb = bitnet::format::bnet::DType::Q4.row_bytes(k as u64).unwrap() as usize;
+        let mut row = vec![0u8; rb];
+        if raw {
+            // any nibble at all (−8 included), a sane scale
+            row.iter_mut().for_each(|b| *b = next() as u8);
+            for blk in row.chunks_mut(18) {
+                blk[..2].copy_from_slice(&half::f16::from_f32(0.01).to_le_bytes());
+            }
+        } else {
+            bitnet::quant::quantize_q4_row(&x, &mut row).unwrap();
+        }
+        let a = bitnet::kernels::q4::Q8Blocks::new(&h);
+        prop_assert!(a.q.iter().all(|&q| q != -128));
+        let (want, mag) = q4_definition(&row, &a);
+        for kern in Kernel::all_available() {
+            let got = kern.dot_q4(&row, &a) as f64;
+            prop_assert!((got - want).abs() <= 1e-5 * mag + 1e-30, "{}: {got} vs {want} (Σ|t| {mag})", kern.name());
+        }
+    }
+}
+
+/// The largest products (nibble −8 against ±127 everywhere) neither saturate nor overflow.
+#[test]
+fn q4_extremes_do_not_saturate() {
+    let k = 2560;
+    let mut row = vec![0u8; 80 * 18];
+    for blk in row.chunks_mut(18) {
+        blk[..2].copy_from_slice(&half::f16::from_f32(1.0).to_le_bytes());
+    }
+    for sign in [1f32, -1.0] {
+        let h = vec![sign; k];
+        let a = bitnet::kernels::q4::Q8Blocks::new(&h);
+        assert!(a.q.iter().all(|&q| q == 127 * sign as i8));
+        for kern in Kernel::all_available() {
+            let got = kern.dot_q4(&row, &a);
+            assert_eq!(
+                got,
+                -8.0 * sign * k as f32 * (1.0 / 127.0 * 127.0),
+                "{}",
+                kern.name()
+            );
+        }
+    }
+}

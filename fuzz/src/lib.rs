@@ -125,12 +125,14 @@ pub fn check_bnet_bytes(data: &[u8], roundtrip: bool) -> Option<Index> {
     let report = bnet::verify(&index, data);
     if roundtrip && report.ok() {
         let out = rewrite(&index, data);
-        // The writer writes version 1.0, and a reader accepts any minor version of major 1
-        // (formats/bnet.md §2): a 1.x input comes back as 1.0 with its header check
-        // re-computed, and otherwise identical (tests/data/fuzz/bnet_open-1.bin).
+        // The writer stamps the lowest minor version the data types need, and a reader
+        // accepts any higher one (formats/bnet.md §2): a 1.x input comes back as 1.0 or 1.1
+        // with its header check re-computed, and otherwise identical
+        // (tests/data/fuzz/bnet_open-1.bin).
         let mut expect = data.to_vec();
-        if index.version.1 != bnet::VERSION_MINOR {
-            expect[H_MINOR..H_MINOR + 2].copy_from_slice(&bnet::VERSION_MINOR.to_le_bytes());
+        let minor = bnet::minor_version_for(index.entries.iter().map(|e| e.dtype));
+        if index.version.1 != minor {
+            expect[H_MINOR..H_MINOR + 2].copy_from_slice(&minor.to_le_bytes());
             seal_header(&mut expect);
         }
         assert!(

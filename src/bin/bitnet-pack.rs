@@ -44,7 +44,7 @@ struct Args {
     /// How to store the token embeddings
     #[arg(long, value_enum, default_value_t = Store::Keep)]
     embeddings: Store,
-    /// How to store an untied lm_head
+    /// How to store the lm_head; for a tied model, anything but keep adds a separate copy that decoding reads instead of the embeddings (i8: 8 bits per weight, q4: 4.5)
     #[arg(long, value_enum, default_value_t = Store::Keep)]
     lm_head: Store,
     /// Ternary type of the projections when OUT is a .gguf: tq2_0 and tq1_0 load in llama.cpp (rows must be multiples of 256), i2_s in bitnet.cpp
@@ -102,6 +102,8 @@ enum Store {
     F16,
     /// int8 with one f32 scale per row
     I8,
+    /// 4 bits per weight in blocks of 32 with an f16 scale (4.5 bits per weight; ggml's Q4_0 block)
+    Q4,
 }
 
 impl From<Store> for StoreAs {
@@ -110,6 +112,7 @@ impl From<Store> for StoreAs {
             Store::Keep => StoreAs::Keep,
             Store::F16 => StoreAs::F16,
             Store::I8 => StoreAs::I8,
+            Store::Q4 => StoreAs::Q4,
         }
     }
 }

@@ -4,13 +4,29 @@
 
 use crate::error::{Error, Result};
 use std::borrow::Cow;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::{Seek, SeekFrom, Write};
 
 /// File magic: `\x89BNET\r\n\x1a` (the high byte and CR LF catch text-mode mangling).
 pub const MAGIC: [u8; 8] = *b"\x89BNET\r\n\x1a";
 pub const VERSION_MAJOR: u16 = 1;
-pub const VERSION_MINOR: u16 = 0;
+/// The highest minor version this code reads and writes; a writer stamps the lowest minor
+/// version that describes its file ([`minor_version_for`]), so files without Q4 stay 1.0.
+pub const VERSION_MINOR: u16 = 1;
+
+/// The lowest minor version of major 1 that has every dtype used (formats/bnet.md §10):
+/// Q4 arrived in 1.1.
+pub fn minor_version_for(dtypes: impl IntoIterator<Item = DType>) -> u16 {
+    if dtypes.into_iter().any(|d| d == DType::Q4) {
+        1
+    } else {
+        0
+    }
+}
+
+/// Weights per Q4 block, and bytes per block (an f16 scale, then 16 bytes of nibbles).
+pub const Q4_BLOCK: u64 = 32;
+pub const Q4_BLOCK_BYTES: u64 = 18;
 pub const HEADER_LEN: usize = 128;
 pub const ENTRY_LEN: usize = 128;
 /// Every tensor starts at a multiple of this: one cache line, one AVX-512 register.
@@ -68,6 +84,9 @@ pub enum DType {
     I8,
     /// Opaque bytes (blobs).
     U8,
+    /// 4-bit values in blocks of 32 with an f16 scale each (ggml's Q4_0 block, formats/bnet.md
+    /// §4.3): a compact lm_head for decoding. Format version 1.1.
+    Q4,
     /// Ternary, 2 bits per weight, 256-weight blocks of 64 bytes.
     T2,
     /// Binary, 1 bit per weight, 256-weight blocks of 32 bytes.
@@ -82,6 +101,7 @@ impl DType {
             DType::BF16 => 2,
             DType::I8 => 3,
             DType::U8 => 4,
+            DType::Q4 => 5,
             DType::T2 => 16,
             DType::B1 => 17,
         }
@@ -93,6 +113,7 @@ impl DType {
             2 => DType::BF16,
             3 => DType::I8,
             4 => DType::U8,
+            5 => DType::Q4,
             16 => DType::T2,
             17 => DType::B1,
             _ => return None,
@@ -105,6 +126,7 @@ impl DType {
             DType::BF16 => "BF16",
             DType::I8 => "I8",
             DType::U8 => "U8",
+            DType::Q4 => "Q4",
             DType::T2 => "T2",
             DType::B1 => "B1",
         }
@@ -118,6 +140,7 @@ impl DType {
             DType::F32 => k.checked_mul(4),
             DType::F16 | DType::BF16 => k.checked_mul(2),
             DType::I8 | DType::U8 => Some(k),
+            DType::Q4 => Some(k.div_ceil(Q4_BLOCK) * Q4_BLOCK_BYTES),
             DType::T2 => Some(k.div_ceil(BLOCK) * 64),
             DType::B1 => Some(k.div_ceil(BLOCK) * 32),
         }
@@ -343,12 +366,12 @@ impl Index {
         let meta_bytes = src.read_at(meta_offset, meta_len as usize)?;
 
         let mut entries = Vec::with_capacity(count as usize);
-        let mut seen = HashSet::with_capacity(count as usize);
+        let mut seen = HashMap::with_capacity(count as usize);
         let mut expected_offset = HEADER_LEN as u64;
         for (i, e) in index.chunks_exact(ENTRY_LEN).enumerate() {
             let entry = parse_entry(e, &names)
                 .map_err(|m| Error::format(format!("tensor index entry {i}: {m}")))?;
-            if !seen.insert(entry.name.clone()) {
+            if seen.insert(entry.name.clone(), i).is_some() {
                 return Err(Error::format(format!(
                     "tensor name {:?} appears twice",
                     entry.name
@@ -393,6 +416,29 @@ impl Index {
         };
         if index.get("file:config.json").is_none() {
             return Err(Error::format("the blob file:config.json is missing"));
+        }
+        let need = minor_version_for(index.entries.iter().map(|e| e.dtype));
+        if minor < need {
+            return Err(Error::format(format!(
+                "the file says format version {major}.{minor} but uses data type Q4, which needs \
+                 {major}.{need}: the header is wrong; re-create the file with bitnet-pack"
+            )));
+        }
+        for e in index.entries.iter().filter(|e| e.dtype == DType::I8) {
+            let s = format!("{}.row_scale", e.name);
+            let (rows, _) = e.rows_cols();
+            // by the name map: a linear lookup per I8 tensor would be quadratic in the count
+            if !seen
+                .get(&s)
+                .map(|&i| &index.entries[i])
+                .is_some_and(|c| c.dtype == DType::F32 && c.shape == [rows])
+            {
+                return Err(Error::format(format!(
+                    "I8 tensor {:?} needs its companion {s:?} (F32, shape [{rows}]), which is \
+                     missing or of another type or shape",
+                    e.name
+                )));
+            }
         }
         Ok(index)
     }
@@ -452,10 +498,10 @@ fn parse_entry(e: &[u8], names: &[u8]) -> std::result::Result<Entry, String> {
     if e[E_RES1..E_SHAPE].iter().any(|&b| b != 0) || e[E_RES2..E_HASH].iter().any(|&b| b != 0) {
         return Err(format!("{name:?}: reserved bytes are not zero"));
     }
+    if (dtype.is_packed() || dtype == DType::Q4) && ndim != 2 {
+        return Err(format!("{name:?}: {} tensors must be 2-D", dtype.name()));
+    }
     if dtype.is_packed() {
-        if ndim != 2 {
-            return Err(format!("{name:?}: packed tensors must be 2-D"));
-        }
         if op == ScaleOp::None || !value.is_finite() || value <= 0.0 {
             return Err(format!(
                 "{name:?}: packed tensor needs a finite positive scale"
@@ -668,7 +714,8 @@ impl<W: Write + Seek> Writer<W> {
         let mut h = [0u8; HEADER_LEN];
         h[..8].copy_from_slice(&MAGIC);
         h[H_MAJOR..H_MAJOR + 2].copy_from_slice(&VERSION_MAJOR.to_le_bytes());
-        h[H_MINOR..H_MINOR + 2].copy_from_slice(&VERSION_MINOR.to_le_bytes());
+        let minor = minor_version_for(self.entries.iter().map(|e| e.dtype));
+        h[H_MINOR..H_MINOR + 2].copy_from_slice(&minor.to_le_bytes());
         h[H_HLEN..H_HLEN + 4].copy_from_slice(&(HEADER_LEN as u32).to_le_bytes());
         h[H_FILE_LEN..H_FILE_LEN + 8].copy_from_slice(&file_len.to_le_bytes());
         h[H_INDEX..H_INDEX + 8].copy_from_slice(&index_offset.to_le_bytes());
@@ -737,6 +784,14 @@ pub fn verify(index: &Index, bytes: &[u8]) -> VerifyReport {
             )
         })
         .collect();
+    for e in index.entries.iter().filter(|e| e.dtype == DType::Q4) {
+        if let Some(r) = crate::quant::q4_first_bad_row(index.data(bytes, e), e.rows_cols().1) {
+            problems.push(format!(
+                "{}: row {r} has a non-finite Q4 scale or padding that is not code 8",
+                e.name
+            ));
+        }
+    }
     // Alignment padding between tensors (and before the index) MUST be zero (formats/bnet.md
     // §3); the body checksum covers it, but a file can be consistent and still break the rule.
     for (i, e) in index.entries.iter().enumerate() {

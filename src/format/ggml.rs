@@ -24,6 +24,8 @@ pub struct GgmlType {
 
 pub const F32: u32 = 0;
 pub const F16: u32 = 1;
+/// Byte-identical to the .bnet Q4 dtype (formats/bnet.md §4.3).
+pub const Q4_0: u32 = 2;
 pub const Q8_0: u32 = 8;
 pub const BF16: u32 = 30;
 pub const TQ1_0: u32 = 34;

@@ -7,6 +7,7 @@
 //! packed padding codes are zero weights (formats/bnet.md §4), so padding contributes nothing.
 
 pub mod float;
+pub mod q4;
 pub mod scalar;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;
@@ -115,6 +116,20 @@ impl Kernel {
             Kernel::Avx512 => unsafe { x86::dot_t2_offset_x4_avx512(row, act) },
             _ => act.map(|a| scalar::dot_t2_offset(row, a)),
         }
+    }
+
+    /// A Q4 row (formats/bnet.md §4.3) times a block-quantized int8 vector.
+    #[inline]
+    pub fn dot_q4(self, row: &[u8], a: &q4::Q8Blocks) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        if self != Kernel::Scalar
+            && std::arch::is_x86_feature_detected!("f16c")
+            && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: AVX2 was checked when the kernel was selected, F16C and FMA just above.
+            return unsafe { q4::dot_q4_q8_avx2(row, a) };
+        }
+        q4::dot_q4_q8_scalar(row, a)
     }
 
     /// Σ a over the positions whose B1 bit is 1; the caller forms `2·that − Σa`.

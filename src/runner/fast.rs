@@ -6,7 +6,7 @@ use super::ops::{gated, rms_norm, rope, rope_inv_freq, softmax};
 use super::weights::{Linear, Weights};
 use crate::error::Result;
 use crate::format::bnet::DType;
-use crate::kernels::{quantize_act, Kernel};
+use crate::kernels::{q4::Q8Blocks, quantize_act, Kernel};
 use rayon::prelude::*;
 
 /// int8 activations of a batch of tokens, quantized once and shared by every projection that
@@ -249,22 +249,24 @@ impl<'w, 'a> Session<'w, 'a> {
 }
 
 /// Logits of one hidden state, parallel over vocabulary rows, read from the mapping in place.
+/// A Q4 head multiplies int8 activations (block-quantized once per token, [`Q8Blocks`]); float
+/// and int8 heads take the f32 hidden state as it is.
 pub fn lm_head(w: &Weights, h: &[f32], kern: Kernel) -> Vec<f32> {
     let head = &w.lm_head;
-    let row_bytes = head.data.len() / head.rows;
+    let row_bytes = head.row_bytes();
+    let q8 = (head.dtype == DType::Q4).then(|| Q8Blocks::new(h));
     let mut out = vec![0f32; head.rows];
     out.par_chunks_mut(256).enumerate().for_each(|(c, o)| {
         for (i, y) in o.iter_mut().enumerate() {
             let r = c * 256 + i;
-            let d = crate::kernels::float::dot_row(
-                kern,
-                head.dtype,
-                &head.data[r * row_bytes..(r + 1) * row_bytes],
-                h,
-            );
-            *y = match head.row_scale {
-                Some(s) => d * f32::from_le_bytes(s[4 * r..4 * r + 4].try_into().expect("4")),
-                None => d,
+            let row = &head.data[r * row_bytes..(r + 1) * row_bytes];
+            *y = match (&q8, head.row_scale) {
+                (Some(a), _) => kern.dot_q4(row, a),
+                (None, Some(s)) => {
+                    crate::kernels::float::dot_row(kern, head.dtype, row, h)
+                        * f32::from_le_bytes(s[4 * r..4 * r + 4].try_into().expect("4"))
+                }
+                (None, None) => crate::kernels::float::dot_row(kern, head.dtype, row, h),
             };
         }
     });

@@ -37,7 +37,7 @@ impl Linear<'_> {
     }
 }
 
-/// A float (or per-row int8) matrix: embeddings and lm_head.
+/// A float, per-row int8 or Q4 matrix: embeddings and lm_head.
 pub struct Dense<'a> {
     pub data: &'a [u8],
     pub dtype: DType,
@@ -51,15 +51,19 @@ impl<'a> Dense<'a> {
     pub fn from_container(f: &'a BnetFile, name: &str, rows: u64, k: u64) -> Result<Dense<'a>> {
         let e = f.index.get(name).ok_or_else(|| missing(name))?;
         if e.shape != [rows, k]
-            || !matches!(e.dtype, DType::F32 | DType::F16 | DType::BF16 | DType::I8)
+            || !matches!(
+                e.dtype,
+                DType::F32 | DType::F16 | DType::BF16 | DType::I8 | DType::Q4
+            )
         {
             return Err(Error::format(format!(
-                "{name} is {} {:?}; expected a float or int8 [{rows}, {k}] matrix",
+                "{name} is {} {:?}; expected a float, int8 or Q4 [{rows}, {k}] matrix",
                 e.dtype.name(),
                 e.shape
             )));
         }
         let row_scale = match e.dtype {
+            // the container's open checked that the companion is F32 of shape [rows]
             DType::I8 => {
                 let s = format!("{name}.row_scale");
                 Some(f.data(f.index.get(&s).ok_or_else(|| missing(&s))?))
@@ -75,9 +79,18 @@ impl<'a> Dense<'a> {
         })
     }
 
+    /// Bytes of one stored row.
+    pub fn row_bytes(&self) -> usize {
+        self.data.len() / self.rows
+    }
+
     /// Row `r` decoded to f32.
     pub fn row(&self, r: usize, out: &mut [f32]) {
         match self.dtype {
+            DType::Q4 => {
+                let n = self.row_bytes();
+                crate::quant::dequantize_q4_row(&self.data[r * n..(r + 1) * n], out);
+            }
             DType::I8 => {
                 let s = self.row_scale.expect("I8 tensors carry row scales");
                 let scale = f32::from_le_bytes(s[4 * r..4 * r + 4].try_into().expect("4"));
