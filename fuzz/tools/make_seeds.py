@@ -23,7 +23,7 @@ def parse(d):
         off, ln = struct.unpack_from('<QQ', e, 48)
         out[names[no:no+nlen].decode()] = (e, d[off:off+ln])
     return out, d[mo:mo+ml]
-def write(tensors, meta):
+def write(tensors, meta, minor=0):
     # tensors: (name, dtype, shape, scale_op, scale_dtype, scale_f32, data)
     body = bytearray(); entries = []; names = bytearray()
     pos = 128
@@ -44,7 +44,7 @@ def write(tensors, meta):
     fl = 128 + len(body)
     hd = bytearray(128)
     hd[:8] = b'\x89BNET\r\n\x1a'
-    struct.pack_into('<HHI', hd, 8, 1, 0, 128)
+    struct.pack_into('<HHI', hd, 8, 1, minor, 128)
     struct.pack_into('<QQQQQQ', hd, 16, fl, io, len(entries), len(names), mo, len(meta))
     struct.pack_into('<II', hd, 64, 64, 0)
     hd[72:104] = h(bytes(body))
@@ -77,6 +77,17 @@ open(out+'/mini-tiny-config.bnet','wb').write(write([('file:config.json', 4, [2]
 # non-canonical: T2 with a code 3 (verify must report a problem, not panic)
 bad = bytearray(t2); bad[5] = 0xff
 open(out+'/mini-t2-code3.bnet','wb').write(write([cfgt, ('q', 16, [3, 300], 1, 0, 0.5, bytes(bad))], b'{}'))
+
+# format 1.1: a Q4 tensor [2, 40] (2 blocks of 18 bytes per row; d = 0.5 as f16 0x3800;
+# the 24 padding nibbles of each row's last block are 8)
+def q4_row(codes):
+    row = bytearray()
+    for b in range(2):
+        c = codes[32*b:32*b+32] + [8] * (32 - len(codes[32*b:32*b+32]))
+        row += b'\x00\x38' + bytes(c[j] | c[j+16] << 4 for j in range(16))
+    return bytes(row)
+q4 = q4_row([(3*i) % 16 for i in range(40)]) + q4_row([15 - i % 16 for i in range(40)])
+open(out+'/mini-q4.bnet','wb').write(write([cfgt, ('lm_head.weight', 5, [2, 40], 0, 0, 0.0, q4)], b'{}', minor=1))
 
 # non-zero alignment padding (one 0x41 after file:config.json), every checksum right:
 # opens, but verify must reject it (formats/bnet.md section 3)
