@@ -4,7 +4,9 @@
 
     ~/.cache/bitnet-tools/interop-venv/bin/python tests/interop/llama_quantize.py IN.gguf OUT.gguf 37
 
-The last argument is llama.cpp's LLAMA_FTYPE (36 TQ1_0, 37 TQ2_0).
+The third argument is llama.cpp's LLAMA_FTYPE (36 TQ1_0, 37 TQ2_0). An optional fourth is the
+ggml type id for token_embd (2 Q4_0, 8 Q8_0, 14 Q6_K; default: llama-quantize's choice), as
+`llama-quantize --token-embedding-type` sets it.
 """
 import ctypes
 import sys
@@ -16,5 +18,7 @@ p = llama_cpp.llama_model_quantize_default_params()
 p.ftype = ftype
 p.allow_requantize = True
 p.nthread = 2
+if len(sys.argv) > 4:
+    p.token_embedding_type = int(sys.argv[4])
 rc = llama_cpp.llama_model_quantize(src.encode(), dst.encode(), ctypes.byref(p))
 sys.exit(f"llama_model_quantize failed ({rc})" if rc else 0)
