@@ -2,7 +2,7 @@
 //! float32 arithmetic), the T2 / B1 layouts of formats/bnet.md §4, Hugging Face's uint8
 //! packing, and per-row int8.
 
-use crate::format::bnet::{DType, Entry, BLOCK};
+use crate::format::bnet::{DType, Entry, BLOCK, Q4_BLOCK_BYTES};
 use half::{bf16, f16};
 
 /// Source element types we decode (safetensors dtypes of float checkpoints).
@@ -367,7 +367,7 @@ pub fn quantize_i8_row(x: &[f32], q: &mut [i8]) -> f32 {
 /// stored as `q + 8`. Padding past the end of `x` is code 8 (zero). Returns the index of the
 /// first block whose scale does not fit in f16 (|x| beyond 5.2e5), if any.
 pub fn quantize_q4_row(x: &[f32], out: &mut [u8]) -> Result<(), usize> {
-    for (b, blk) in out.chunks_exact_mut(18).enumerate() {
+    for (b, blk) in out.chunks_exact_mut(Q4_BLOCK_BYTES as usize).enumerate() {
         let xs = &x[(32 * b).min(x.len())..(32 * b + 32).min(x.len())];
         let m = xs
             .iter()
@@ -389,15 +389,27 @@ pub fn quantize_q4_row(x: &[f32], out: &mut [u8]) -> Result<(), usize> {
     Ok(())
 }
 
-/// Decodes Q4 blocks to `out.len()` values: element `32b + j` is `d_b · (nibble − 8)`, the low
+/// The stored nibble (0 … 15, value + 8) of element `j` of one 18-byte Q4 block: the low
 /// nibble of byte `j` for `j < 16`, the high nibble of byte `j − 16` otherwise.
+#[inline(always)]
+pub fn q4_nibble(blk: &[u8], j: usize) -> u8 {
+    let byte = blk[2 + j % 16];
+    if j < 16 {
+        byte & 15
+    } else {
+        byte >> 4
+    }
+}
+
+/// Decodes Q4 blocks to `out.len()` values: element `32b + j` is `d_b · (q4_nibble(j) − 8)`.
 pub fn dequantize_q4_row(row: &[u8], out: &mut [f32]) {
-    for (blk, o) in row.chunks_exact(18).zip(out.chunks_mut(32)) {
+    for (blk, o) in row
+        .chunks_exact(Q4_BLOCK_BYTES as usize)
+        .zip(out.chunks_mut(32))
+    {
         let d = f16::from_le_bytes([blk[0], blk[1]]).to_f32();
-        for (i, v) in o.iter_mut().enumerate() {
-            let byte = blk[2 + i % 16];
-            let nib = if i < 16 { byte & 15 } else { byte >> 4 };
-            *v = d * (nib as f32 - 8.0);
+        for (j, v) in o.iter_mut().enumerate() {
+            *v = d * (q4_nibble(blk, j) as f32 - 8.0);
         }
     }
 }
@@ -413,18 +425,13 @@ pub fn q4_first_bad_row(data: &[u8], k: u64) -> Option<usize> {
         return Some(0);
     };
     let tail = (k % 32) as usize;
+    let block = Q4_BLOCK_BYTES as usize;
     data.chunks(row_bytes).position(|row| {
-        let blocks: Vec<&[u8]> = row.chunks_exact(18).collect();
-        let bad_scale = blocks
-            .iter()
+        let bad_scale = row
+            .chunks_exact(block)
             .any(|b| !f16::from_le_bytes([b[0], b[1]]).is_finite());
-        let last = blocks.last().expect("row_bytes > 0");
-        let bad_pad = tail != 0
-            && (tail..32).any(|i| {
-                let byte = last[2 + i % 16];
-                (if i < 16 { byte & 15 } else { byte >> 4 }) != 8
-            });
-        bad_scale || bad_pad
+        let last = &row[row.len() - block..];
+        bad_scale || (tail != 0 && (tail..32).any(|j| q4_nibble(last, j) != 8))
     })
 }
 

@@ -114,11 +114,8 @@ unsafe fn dot_avx2_with<const SIZE: usize>(
 /// `row · h` for a stored float row (I8 rows: the caller multiplies by the row scale).
 pub fn dot_row(kern: super::Kernel, dtype: DType, row: &[u8], h: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if kern != super::Kernel::Scalar
-        && std::arch::is_x86_feature_detected!("f16c")
-        && std::arch::is_x86_feature_detected!("fma")
-    {
-        // SAFETY: AVX2 was checked when `kern` was selected, F16C and FMA just above.
+    if kern.float_simd() {
+        // SAFETY: float_simd() checked AVX2 (at selection), F16C and FMA.
         return unsafe { dot_row_avx2(dtype, row, h) };
     }
     let _ = kern;

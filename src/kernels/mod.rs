@@ -118,15 +118,24 @@ impl Kernel {
         }
     }
 
+    /// Whether the float-side SIMD code (the lm_head dots) may run: a SIMD path was selected
+    /// (so AVX2 is there) and the CPU also has FMA and F16C.
+    #[inline]
+    pub fn float_simd(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        return self != Kernel::Scalar
+            && std::arch::is_x86_feature_detected!("f16c")
+            && std::arch::is_x86_feature_detected!("fma");
+        #[cfg(not(target_arch = "x86_64"))]
+        false
+    }
+
     /// A Q4 row (formats/bnet.md §4.3) times a block-quantized int8 vector.
     #[inline]
     pub fn dot_q4(self, row: &[u8], a: &q4::Q8Blocks) -> f32 {
         #[cfg(target_arch = "x86_64")]
-        if self != Kernel::Scalar
-            && std::arch::is_x86_feature_detected!("f16c")
-            && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: AVX2 was checked when the kernel was selected, F16C and FMA just above.
+        if self.float_simd() {
+            // SAFETY: float_simd() checked AVX2 (at selection), F16C and FMA.
             return unsafe { q4::dot_q4_q8_avx2(row, a) };
         }
         q4::dot_q4_q8_scalar(row, a)

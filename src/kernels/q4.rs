@@ -6,7 +6,7 @@
 //! Per block the integer dot `Σ (nibble − 8)·q` is exact in every path; the paths differ only in
 //! the order the f32 products `d_w · d_a · dot` are summed (tests/kernels.rs bounds it).
 
-use crate::quant::round_half_even_small;
+use crate::quant::{q4_nibble, round_half_even_small};
 
 /// A vector quantized to int8 in blocks of 32: `x ≈ d[b] · q[32b + j]`, |q| ≤ 127 (never −128,
 /// which the AVX2 sign trick relies on). Zero-padded to whole blocks.
@@ -35,17 +35,12 @@ impl Q8Blocks {
     }
 }
 
-fn nibble(blk: &[u8], j: usize) -> i32 {
-    let byte = blk[2 + j % 16];
-    (if j < 16 { byte & 15 } else { byte >> 4 }) as i32 - 8
-}
-
 /// The oracle: block by block, the exact integer dot times `d_w · d_a`, summed in order.
 pub fn dot_q4_q8_scalar(row: &[u8], a: &Q8Blocks) -> f32 {
     let mut acc = 0f32;
     for (b, blk) in row.chunks_exact(18).enumerate() {
         let dot: i32 = (0..32)
-            .map(|j| nibble(blk, j) * a.q[32 * b + j] as i32)
+            .map(|j| (q4_nibble(blk, j) as i32 - 8) * a.q[32 * b + j] as i32)
             .sum();
         let dw = half::f16::from_le_bytes([blk[0], blk[1]]).to_f32();
         acc += (dw * a.d[b]) * dot as f32;
