@@ -5,7 +5,7 @@
 //! cargo bench --bench kernels
 
 use bitnet::format::bnet::{DType, Scale, ScaleOp};
-use bitnet::kernels::Kernel;
+use bitnet::kernels::{q4::Q8Blocks, Kernel};
 use bitnet::runner::fast::{matmul, QuantizedBatch};
 use bitnet::runner::weights::Linear;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -70,5 +70,34 @@ fn matvec(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, memory, matvec);
+/// The Q4 lm_head's inner loop on one thread: at 1 thread decode is compute-bound here (the
+/// head is a fifth of a 2B-4T token's bytes), so this is its GB/s with no memory headroom.
+fn head_q4(c: &mut Criterion) {
+    let (rows, k) = (32768usize, 2560usize);
+    let rb = DType::Q4.row_bytes(k as u64).expect("row bytes") as usize;
+    let x: Vec<f32> = (0..k)
+        .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
+        .collect();
+    let mut data = vec![0u8; rows * rb];
+    for (r, row) in data.chunks_exact_mut(rb).enumerate() {
+        let w: Vec<f32> = x.iter().map(|v| v * ((r % 7) as f32 - 3.0)).collect();
+        bitnet::quant::quantize_q4_row(&w, row).expect("quantize");
+    }
+    let a = Q8Blocks::new(&x);
+    let mut g = c.benchmark_group("head_q4");
+    g.sample_size(10);
+    g.throughput(Throughput::Bytes(data.len() as u64));
+    for kern in Kernel::all_available() {
+        g.bench_function(format!("{}_{rows}x{k}_1thread", kern.name()), |b| {
+            b.iter(|| {
+                data.chunks_exact(rb)
+                    .map(|row| kern.dot_q4(row, black_box(&a)))
+                    .sum::<f32>()
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, memory, matvec, head_q4);
 criterion_main!(benches);

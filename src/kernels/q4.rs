@@ -8,11 +8,15 @@
 
 use crate::quant::{q4_nibble, round_half_even_small};
 
-/// A vector quantized to int8 in blocks of 32: `x ≈ d[b] · q[32b + j]`, |q| ≤ 127 (never −128,
-/// which the AVX2 sign trick relies on). Zero-padded to whole blocks.
+/// A vector quantized to int8 in blocks of 32: `x ≈ d[b] · q[32b + j]`, |q| ≤ 127. Zero-padded
+/// to whole blocks.
 pub struct Q8Blocks {
     pub q: Vec<i8>,
     pub d: Vec<f32>,
+    /// `8 · (q[2i] + q[2i+1])` per adjacent pair: the AVX2 kernel multiplies the unsigned
+    /// nibbles (0..=15) and subtracts this instead of re-centring every weight by −8, which
+    /// costs three vector operations per block and is paid on every row of the head.
+    pub offset: Vec<i16>,
 }
 
 impl Q8Blocks {
@@ -31,7 +35,11 @@ impl Q8Blocks {
                 *o = round_half_even_small((v / *db).clamp(-127.0, 127.0)) as i8;
             }
         }
-        Q8Blocks { q, d }
+        let offset = q
+            .chunks_exact(2)
+            .map(|p| 8 * (p[0] as i16 + p[1] as i16))
+            .collect();
+        Q8Blocks { q, d, offset }
     }
 }
 
@@ -48,9 +56,11 @@ pub fn dot_q4_q8_scalar(row: &[u8], a: &Q8Blocks) -> f32 {
     acc
 }
 
-/// AVX2: unpack 16 bytes into 32 signed nibbles, multiply by the int8 block with `maddubs`
-/// (|nibble| as unsigned times the activation with the nibble's sign: pairs ≤ 2·8·127, no
-/// saturation), widen with `madd`, and fuse-multiply-add the block scale in f32.
+/// AVX2: broadcast the 16 nibble bytes to both lanes and shift the upper lane by 4 (one
+/// variable shift and one mask give all 32 nibbles in element order), multiply the unsigned
+/// nibbles by the int8 block with `maddubs` (pairs ≤ 2·15·127, no saturation), subtract the
+/// precomputed `8·Σq` pairs (the −8 centring), widen with `madd` and fuse-multiply-add the block
+/// scale in f32.
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C; `a` covers every block of `row`.
@@ -59,24 +69,24 @@ pub fn dot_q4_q8_scalar(row: &[u8], a: &Q8Blocks) -> f32 {
 pub unsafe fn dot_q4_q8_avx2(row: &[u8], a: &Q8Blocks) -> f32 {
     use std::arch::x86_64::*;
     debug_assert!(a.d.len() * 18 >= row.len());
-    let mask = _mm_set1_epi8(15);
-    let eight = _mm256_set1_epi8(8);
+    debug_assert_eq!(a.offset.len() * 2, a.q.len());
+    let mask = _mm256_set1_epi8(15);
+    let shifts = _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4);
     let ones = _mm256_set1_epi16(1);
     // block b's scaled dot as 8 f32 lanes
     let block = |b: usize, blk: &[u8]| {
-        super::x86::prefetch_ahead(blk.as_ptr());
         let p = blk.as_ptr();
-        let qs = _mm_loadu_si128(p.add(2) as *const __m128i);
-        let lo = _mm_and_si128(qs, mask);
-        let hi = _mm_and_si128(_mm_srli_epi16::<4>(qs), mask);
-        let w = _mm256_sub_epi8(_mm256_set_m128i(hi, lo), eight);
+        let qs = _mm256_broadcastsi128_si256(_mm_loadu_si128(p.add(2) as *const __m128i));
+        let w = _mm256_and_si256(_mm256_srlv_epi32(qs, shifts), mask);
         let x = _mm256_loadu_si256(a.q.as_ptr().add(32 * b) as *const __m256i);
-        let prod = _mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(x, w));
+        let off = _mm256_loadu_si256(a.offset.as_ptr().add(16 * b) as *const __m256i);
+        let prod = _mm256_sub_epi16(_mm256_maddubs_epi16(w, x), off);
         let dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(prod, ones));
-        let dw = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(
-            u16::from_le_bytes([blk[0], blk[1]]) as i32,
-        )));
-        (dot, _mm256_set1_ps(dw * a.d[b]))
+        // the scale broadcast before converting: a scalar `cvtsi32` + `cvtph_ps` compiled to a
+        // `vpinsrw` that merged into an accumulator register, chaining every block to the
+        // previous one's FMA (measured: 8 cycles per block instead of ~3)
+        let dw = _mm256_cvtph_ps(_mm_set1_epi16(i16::from_le_bytes([blk[0], blk[1]])));
+        (dot, _mm256_mul_ps(dw, _mm256_set1_ps(a.d[b])))
     };
     // two accumulators in registers, two blocks per step: consecutive FMAs do not wait on
     // each other
@@ -84,6 +94,8 @@ pub unsafe fn dot_q4_q8_avx2(row: &[u8], a: &Q8Blocks) -> f32 {
     let mut pairs = row.chunks_exact(36);
     let mut b = 0;
     for pair in &mut pairs {
+        // one prefetch per 36 bytes is at least one per cache line
+        super::x86::prefetch_ahead(pair.as_ptr());
         let (d0, s0) = block(b, &pair[..18]);
         let (d1, s1) = block(b + 1, &pair[18..]);
         acc0 = _mm256_fmadd_ps(d0, s0, acc0);
