@@ -160,8 +160,8 @@ fn fast_runner_matches_reference_on_every_kernel_path() {
             for kern in Kernel::all_available() {
                 // batched prompt
                 let mut s = Session::new(&w, kern);
-                let got = s.forward(&g.ids, true).unwrap();
-                for (pos, (a, b)) in got.iter().zip(&want).enumerate() {
+                let batched = s.forward(&g.ids, true).unwrap();
+                for (pos, (a, b)) in batched.iter().zip(&want).enumerate() {
                     let d = max_abs(a, b);
                     assert!(
                         d <= 1e-4,
@@ -169,16 +169,30 @@ fn fast_runner_matches_reference_on_every_kernel_path() {
                         kern.name()
                     );
                 }
-                // token by token through the KV cache
-                let mut s = Session::new(&w, kern);
-                for (pos, &id) in g.ids.iter().enumerate() {
-                    let got = s.forward(&[id], false).unwrap();
-                    let d = max_abs(&got[0], &want[pos]);
-                    assert!(
-                        d <= 1e-4,
-                        "{dir} {}: decode position {pos} differs by {d}",
-                        kern.name()
-                    );
+                // token by token through the KV cache: the same arithmetic as the batch, so
+                // the same bits, whatever the number of decode threads (3 on 2 cores exercises
+                // the barrier's yield path and uneven claims)
+                for threads in [1, 3] {
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(threads)
+                        .build()
+                        .unwrap();
+                    let mut s = Session::new(&w, kern);
+                    for (pos, &id) in g.ids.iter().enumerate() {
+                        let got = pool.install(|| s.forward(&[id], false)).unwrap();
+                        let d = max_abs(&got[0], &want[pos]);
+                        assert!(
+                            d <= 1e-4,
+                            "{dir} {}: decode position {pos} differs by {d}",
+                            kern.name()
+                        );
+                        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                        assert!(
+                            bits(&got[0]) == bits(&batched[pos]),
+                            "{dir} {} {threads} threads: decode position {pos} is not bit-identical to the batch",
+                            kern.name()
+                        );
+                    }
                 }
             }
         }

@@ -1,13 +1,15 @@
 //! The fast runner: SIMD integer kernels reading packed weights straight from the mapping,
 //! a KV cache, prompts processed as a batch (every weight row is read once for all prompt
-//! tokens) and decode as matrix-vector, multithreaded over output rows with rayon.
+//! tokens), multithreaded over output rows with rayon; one-token steps (decode) go to
+//! [`super::decode`], which runs the whole step in one parallel region.
 
-use super::ops::{gated, rms_norm, rope, rope_inv_freq, softmax};
+use super::ops::{attend, gated, rms_norm, rope, rope_inv_freq};
 use super::weights::{Linear, Weights};
 use crate::error::Result;
 use crate::format::bnet::DType;
 use crate::kernels::{q4::Q8Blocks, quantize_act, Kernel};
 use rayon::prelude::*;
+use std::sync::RwLock;
 
 /// int8 activations of a batch of tokens, quantized once and shared by every projection that
 /// reads the same input.
@@ -66,13 +68,20 @@ fn tile(kern: Kernel, l: &Linear, a: &QuantizedBatch, c: usize, out: &mut [f32])
     }
     for tok in tok..t {
         for i in 0..rows {
-            let d = match l.dtype {
-                DType::T2 => kern.dot_t2_offset(row(i), act(tok)) - a.sums[tok],
-                _ => 2 * kern.dot_b1_ones(row(i), act(tok)) - a.sums[tok],
-            };
-            out[i * t + tok] = l.finish(d, a.scales[tok]);
+            out[i * t + tok] = row_dot(kern, l, a, tok, c * ROWS + i);
         }
     }
+}
+
+/// Output `r` of `l` for token `tok` of the batch.
+#[inline]
+pub(super) fn row_dot(kern: Kernel, l: &Linear, a: &QuantizedBatch, tok: usize, r: usize) -> f32 {
+    let act = &a.q[tok * a.k_pad..(tok + 1) * a.k_pad];
+    let d = match l.dtype {
+        DType::T2 => kern.dot_t2_offset(l.row(r), act) - a.sums[tok],
+        _ => 2 * kern.dot_b1_ones(l.row(r), act) - a.sums[tok],
+    };
+    l.finish(d, a.scales[tok])
 }
 
 /// `Y[t, r] = W[r] · x[t]` for several projections that read the same input (q, k, v; gate,
@@ -122,13 +131,14 @@ pub fn matmul(kern: Kernel, l: &Linear, a: &QuantizedBatch) -> Vec<f32> {
 
 /// A generation session: the KV cache of one sequence.
 pub struct Session<'w, 'a> {
-    w: &'w Weights<'a>,
-    kern: Kernel,
-    inv_freq: Vec<f32>,
-    /// Per layer: keys and values `[position][kv_heads · head_dim]`, flattened.
-    k_cache: Vec<Vec<f32>>,
-    v_cache: Vec<Vec<f32>>,
-    pos: usize,
+    pub(super) w: &'w Weights<'a>,
+    pub(super) kern: Kernel,
+    pub(super) inv_freq: Vec<f32>,
+    /// Per layer: keys and values `[position][kv_heads · head_dim]`, flattened. Locked only
+    /// so one decode thread can append while the others wait ([`super::decode`]).
+    pub(super) k_cache: Vec<RwLock<Vec<f32>>>,
+    pub(super) v_cache: Vec<RwLock<Vec<f32>>>,
+    pub(super) pos: usize,
 }
 
 impl<'w, 'a> Session<'w, 'a> {
@@ -138,8 +148,8 @@ impl<'w, 'a> Session<'w, 'a> {
             inv_freq: rope_inv_freq(w.cfg.rope_theta, w.cfg.head_dim as usize),
             w,
             kern,
-            k_cache: vec![Vec::new(); n],
-            v_cache: vec![Vec::new(); n],
+            k_cache: (0..n).map(|_| RwLock::default()).collect(),
+            v_cache: (0..n).map(|_| RwLock::default()).collect(),
             pos: 0,
         }
     }
@@ -163,6 +173,9 @@ impl<'w, 'a> Session<'w, 'a> {
                 self.pos + ids.len(),
                 c.max_position_embeddings
             )));
+        }
+        if ids.len() == 1 {
+            return Ok(vec![super::decode::step(self, ids[0])]);
         }
         let (hd, nh, nkv) = (
             c.head_dim as usize,
@@ -201,26 +214,30 @@ impl<'w, 'a> Session<'w, 'a> {
                 kt.chunks_exact_mut(hd)
                     .for_each(|h| rope(h, self.pos + i, &self.inv_freq));
             }
-            self.k_cache[li].extend_from_slice(&k);
-            self.v_cache[li].extend_from_slice(&v);
-            let (kc, vc) = (&self.k_cache[li], &self.v_cache[li]);
+            let kc = self.k_cache[li]
+                .get_mut()
+                .unwrap_or_else(|e| e.into_inner());
+            kc.extend_from_slice(&k);
+            let vc = self.v_cache[li]
+                .get_mut()
+                .unwrap_or_else(|e| e.into_inner());
+            vc.extend_from_slice(&v);
+            let (kc, vc) = (&*kc, &*vc);
             let mut attn = vec![0f32; t * nh * hd];
             let pos0 = self.pos;
             attn.par_chunks_mut(hd).enumerate().for_each(|(i, out)| {
                 let (tok, h) = (i / nh, i % nh);
-                let kvh = h / (nh / nkv);
+                let kv = h / (nh / nkv) * hd;
                 let qh = &q[tok * nh * hd + h * hd..][..hd];
-                let n = pos0 + tok + 1;
-                let mut p: Vec<f32> = (0..n)
-                    .map(|s| super::ops::dot(qh, &kc[s * nkv * hd + kvh * hd..][..hd]) * scale)
-                    .collect();
-                softmax(&mut p);
-                for (s, ps) in p.iter().enumerate() {
-                    let vs = &vc[s * nkv * hd + kvh * hd..][..hd];
-                    for (o, &vv) in out.iter_mut().zip(vs) {
-                        *o += ps * vv;
-                    }
-                }
+                attend(
+                    qh,
+                    &kc[kv..],
+                    &vc[kv..],
+                    nkv * hd,
+                    pos0 + tok + 1,
+                    scale,
+                    out,
+                );
             });
             if let Some(g) = &layer.attn_sub_norm {
                 attn = norm_rows(&attn, g, nh * hd);
@@ -252,23 +269,34 @@ impl<'w, 'a> Session<'w, 'a> {
 /// A Q4 head multiplies int8 activations (block-quantized once per token, [`Q8Blocks`]); float
 /// and int8 heads take the f32 hidden state as it is.
 pub fn lm_head(w: &Weights, h: &[f32], kern: Kernel) -> Vec<f32> {
-    let head = &w.lm_head;
-    let row_bytes = head.row_bytes();
-    let q8 = (head.dtype == DType::Q4).then(|| Q8Blocks::new(h));
-    let mut out = vec![0f32; head.rows];
+    let q8 = (w.lm_head.dtype == DType::Q4).then(|| Q8Blocks::new(h));
+    let mut out = vec![0f32; w.lm_head.rows];
     out.par_chunks_mut(256).enumerate().for_each(|(c, o)| {
         for (i, y) in o.iter_mut().enumerate() {
-            let r = c * 256 + i;
-            let row = &head.data[r * row_bytes..(r + 1) * row_bytes];
-            *y = match (&q8, head.row_scale) {
-                (Some(a), _) => kern.dot_q4(row, a),
-                (None, Some(s)) => {
-                    crate::kernels::float::dot_row(kern, head.dtype, row, h)
-                        * f32::from_le_bytes(s[4 * r..4 * r + 4].try_into().expect("4"))
-                }
-                (None, None) => crate::kernels::float::dot_row(kern, head.dtype, row, h),
-            };
+            *y = head_row(w, kern, h, q8.as_ref(), c * 256 + i);
         }
     });
     out
+}
+
+/// Logit `r` of hidden state `h` (`q8`: `h` block-quantized, for a Q4 head).
+#[inline]
+pub(super) fn head_row(
+    w: &Weights,
+    kern: Kernel,
+    h: &[f32],
+    q8: Option<&Q8Blocks>,
+    r: usize,
+) -> f32 {
+    let head = &w.lm_head;
+    let row_bytes = head.row_bytes();
+    let row = &head.data[r * row_bytes..(r + 1) * row_bytes];
+    match (q8, head.row_scale) {
+        (Some(a), _) => kern.dot_q4(row, a),
+        (None, Some(s)) => {
+            crate::kernels::float::dot_row(kern, head.dtype, row, h)
+                * f32::from_le_bytes(s[4 * r..4 * r + 4].try_into().expect("4"))
+        }
+        (None, None) => crate::kernels::float::dot_row(kern, head.dtype, row, h),
+    }
 }

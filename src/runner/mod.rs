@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod compare;
+mod decode;
 pub mod fast;
 pub mod ops;
 pub mod reference;

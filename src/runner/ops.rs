@@ -61,8 +61,25 @@ pub fn gated(act: Activation, gate: &[f32], up: &[f32], out: &mut [f32]) {
 
 /// Dot product of two f32 slices, summed in eight interleaved lanes (a fixed order, so the
 /// reference and the fast runner agree bit for bit; it lets the compiler use vector registers,
-/// where a strictly sequential sum cannot be vectorized).
+/// where a strictly sequential sum cannot be vectorized). With AVX2 the same lanes sit in one
+/// 256-bit register instead of two 128-bit ones: the arithmetic, and so the result, is identical.
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 was just detected.
+        return unsafe { dot_avx2(a, b) };
+    }
+    dot_lanes(a, b)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+    dot_lanes(a, b)
+}
+
+#[inline(always)]
+fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
     let mut acc = [0f32; 8];
@@ -77,4 +94,51 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
         acc[l] += x * y;
     }
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
+}
+
+/// `y += a · x` element by element (a multiply, then an add: no fused rounding, so every
+/// width gives the same result).
+pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 was just detected.
+        return unsafe { axpy_avx2(a, x, y) };
+    }
+    axpy_lanes(a, x, y)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn axpy_avx2(a: f32, x: &[f32], y: &mut [f32]) {
+    axpy_lanes(a, x, y)
+}
+
+#[inline(always)]
+fn axpy_lanes(a: f32, x: &[f32], y: &mut [f32]) {
+    for (o, &v) in y.iter_mut().zip(x) {
+        *o += a * v;
+    }
+}
+
+/// Attention of one query head over positions `0..n`: softmax of the scaled dot products with
+/// the keys, then the weighted sum of the values, added to `out`. `kc` and `vc` start at this
+/// head's kv head in a cache laid out `[position][kv_heads · head_dim]` (`stride` floats per
+/// position).
+pub fn attend(
+    qh: &[f32],
+    kc: &[f32],
+    vc: &[f32],
+    stride: usize,
+    n: usize,
+    scale: f32,
+    out: &mut [f32],
+) {
+    let hd = qh.len();
+    let mut p: Vec<f32> = (0..n)
+        .map(|s| dot(qh, &kc[s * stride..][..hd]) * scale)
+        .collect();
+    softmax(&mut p);
+    for (s, &ps) in p.iter().enumerate() {
+        axpy(ps, &vc[s * stride..][..hd], out);
+    }
 }
