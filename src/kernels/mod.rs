@@ -158,6 +158,24 @@ impl Kernel {
 /// `s = 127 / max(max|x|, 1e-5)`, `q = clamp(round_half_even(x·s), −128, 127)`.
 /// Writes `q` (zero-padding the rest of `out`) and returns `(s, Σq)`.
 pub fn quantize_act(x: &[f32], out: &mut [i8]) -> (f32, i32) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 was just detected.
+        return unsafe { quantize_act_avx2(x, out) };
+    }
+    quantize_act_lanes(x, out)
+}
+
+/// The same code in 256-bit registers: elementwise arithmetic, an exact max and an integer
+/// sum, so the result is identical.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn quantize_act_avx2(x: &[f32], out: &mut [i8]) -> (f32, i32) {
+    quantize_act_lanes(x, out)
+}
+
+#[inline(always)]
+fn quantize_act_lanes(x: &[f32], out: &mut [i8]) -> (f32, i32) {
     let max = x.iter().fold(0f32, |m, v| m.max(v.abs()));
     let s = 127.0f32 / max.max(1e-5);
     let mut sum = 0i32;

@@ -11,7 +11,7 @@
 //! logits (tests/runner.rs).
 
 use super::fast::{head_row, row_dot, QuantizedBatch, Session};
-use super::ops::{attend, gated, rms_norm, rope};
+use super::ops::{attend, gated, rms_norm, RopeAt};
 use super::weights::Linear;
 use crate::format::bnet::DType;
 use crate::kernels::q4::Q8Blocks;
@@ -177,6 +177,7 @@ pub(super) fn step(s: &mut Session, id: u32) -> Vec<f32> {
     // five phases per layer and the head, each with its own claim counter
     let next: Vec<AtomicUsize> = (0..5 * nl + 1).map(|_| AtomicUsize::new(0)).collect();
     let barrier = Barrier::new(rayon::current_num_threads());
+    let rope = RopeAt::new(pos, &st.inv_freq);
 
     rayon::broadcast(|ctx| {
         let _poison = PoisonOnPanic(&barrier);
@@ -189,8 +190,7 @@ pub(super) fn step(s: &mut Session, id: u32) -> Vec<f32> {
             barrier.wait();
             if ctx.index() == 0 {
                 let mut k: Vec<f32> = (nh * hd..(nh + nkv) * hd).map(|i| qkv.get(i)).collect();
-                k.chunks_exact_mut(hd)
-                    .for_each(|h| rope(h, pos, &st.inv_freq));
+                k.chunks_exact_mut(hd).for_each(|h| rope.apply(h));
                 let v = ((nh + nkv) * hd..(nh + 2 * nkv) * hd).map(|i| qkv.get(i));
                 let mut kc = st.k_cache[li].write().unwrap_or_else(|e| e.into_inner());
                 kc.extend_from_slice(&k);
@@ -203,7 +203,7 @@ pub(super) fn step(s: &mut Session, id: u32) -> Vec<f32> {
                 let vc = st.v_cache[li].read().unwrap_or_else(|e| e.into_inner());
                 for h in claims(&next[1], nh).flatten() {
                     let mut qh: Vec<f32> = (h * hd..(h + 1) * hd).map(|i| qkv.get(i)).collect();
-                    rope(&mut qh, pos, &st.inv_freq);
+                    rope.apply(&mut qh);
                     let kv = h / (nh / nkv) * hd;
                     let mut out = vec![0f32; hd];
                     attend(

@@ -3,7 +3,7 @@
 //! tokens), multithreaded over output rows with rayon; one-token steps (decode) go to
 //! [`super::decode`], which runs the whole step in one parallel region.
 
-use super::ops::{attend, gated, rms_norm, rope, rope_inv_freq};
+use super::ops::{attend, gated, rms_norm, rope_inv_freq, RopeAt};
 use super::weights::{Linear, Weights};
 use crate::error::Result;
 use crate::format::bnet::DType;
@@ -196,6 +196,9 @@ impl<'w, 'a> Session<'w, 'a> {
             }
             o
         };
+        let ropes: Vec<RopeAt> = (0..t)
+            .map(|i| RopeAt::new(self.pos + i, &self.inv_freq))
+            .collect();
         for (li, layer) in self.w.layers.iter().enumerate() {
             let xn = QuantizedBatch::new(&norm_rows(&x, &layer.input_norm, hidden), hidden);
             let mut qkv = matmul_many(kern, &[&layer.q, &layer.k, &layer.v], &xn).into_iter();
@@ -209,10 +212,8 @@ impl<'w, 'a> Session<'w, 'a> {
                 .zip(k.chunks_exact_mut(nkv * hd))
                 .enumerate()
             {
-                qt.chunks_exact_mut(hd)
-                    .for_each(|h| rope(h, self.pos + i, &self.inv_freq));
-                kt.chunks_exact_mut(hd)
-                    .for_each(|h| rope(h, self.pos + i, &self.inv_freq));
+                qt.chunks_exact_mut(hd).for_each(|h| ropes[i].apply(h));
+                kt.chunks_exact_mut(hd).for_each(|h| ropes[i].apply(h));
             }
             let kc = self.k_cache[li]
                 .get_mut()
