@@ -11,7 +11,7 @@
 //! logits (tests/runner.rs).
 
 use super::fast::{head_row, row_dot, QuantizedBatch, Session};
-use super::ops::{attend, gated, rms_norm, RopeAt};
+use super::ops::{attend, gated, rms_norm, KvHead, RopeAt};
 use super::weights::Linear;
 use crate::format::bnet::DType;
 use crate::kernels::q4::Q8Blocks;
@@ -208,9 +208,11 @@ pub(super) fn step(s: &mut Session, id: u32) -> Vec<f32> {
                     let mut out = vec![0f32; hd];
                     attend(
                         &qh,
-                        &kc[kv..],
-                        &vc[kv..],
-                        nkv * hd,
+                        KvHead {
+                            k: &kc[kv..],
+                            v: &vc[kv..],
+                            stride: nkv * hd,
+                        },
                         pos + 1,
                         scale,
                         &mut out,

@@ -3,7 +3,7 @@
 //! tokens), multithreaded over output rows with rayon; one-token steps (decode) go to
 //! [`super::decode`], which runs the whole step in one parallel region.
 
-use super::ops::{attend, gated, rms_norm, rope_inv_freq, RopeAt};
+use super::ops::{attend, gated, rms_norm, rope_inv_freq, KvHead, RopeAt};
 use super::weights::{Linear, Weights};
 use crate::error::Result;
 use crate::format::bnet::DType;
@@ -232,9 +232,11 @@ impl<'w, 'a> Session<'w, 'a> {
                 let qh = &q[tok * nh * hd + h * hd..][..hd];
                 attend(
                     qh,
-                    &kc[kv..],
-                    &vc[kv..],
-                    nkv * hd,
+                    KvHead {
+                        k: &kc[kv..],
+                        v: &vc[kv..],
+                        stride: nkv * hd,
+                    },
                     pos0 + tok + 1,
                     scale,
                     out,
