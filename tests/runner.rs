@@ -198,3 +198,40 @@ fn fast_runner_matches_reference_on_every_kernel_path() {
         }
     }
 }
+
+/// Sessions decoding at the same time from several threads (a server, say) neither deadlock nor
+/// disturb each other: every one gives the batch path's bits.
+#[test]
+fn concurrent_decoding_sessions_agree() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = FIXTURES[0];
+    let f = BnetFile::open(&packed(dir, tmp.path())).unwrap();
+    let w = Weights::load(&f).unwrap();
+    let ids = &goldens(dir)[0].ids;
+    let kern = *Kernel::all_available().last().unwrap();
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    let want: Vec<_> = Session::new(&w, kern)
+        .forward(ids, true)
+        .unwrap()
+        .iter()
+        .map(|l| bits(l))
+        .collect();
+    std::thread::scope(|s| {
+        let runs: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut sess = Session::new(&w, kern);
+                    ids.iter()
+                        .map(|&id| bits(&sess.forward(&[id], false).unwrap()[0]))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for r in runs {
+            assert!(
+                r.join().unwrap() == want,
+                "{dir}: a concurrent session differs"
+            );
+        }
+    });
+}

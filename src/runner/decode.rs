@@ -6,6 +6,12 @@
 //! between (norms, quantizing activations, residual adds) every thread does for itself: it is
 //! cheaper than another barrier.
 //!
+//! Steps of several sessions at once (threads of a server) cannot deadlock at the barrier:
+//! rayon pushes a broadcast's jobs to every worker under one lock into FIFO queues, so all
+//! workers run concurrent steps in the same order (tests/runner.rs runs four at once). A step
+//! must not be started from code that blocks a pool thread outside rayon (a worker waiting on
+//! a channel that only this step would fill).
+//!
 //! The arithmetic is the batch path's, row for row: the same kernels, the same `finish`, the
 //! same attention and activation functions, so decode and a one-token prompt give identical
 //! logits (tests/runner.rs).
