@@ -343,7 +343,8 @@ fn encode_projection(
     })
 }
 
-/// Architecture hyperparameters, the keys llama.cpp reads (formats/gguf.md §3).
+/// Architecture hyperparameters, the keys llama.cpp reads (formats/gguf.md §3). The `as u32`
+/// casts are lossless: `ModelConfig` parsing caps every dimension below `u32::MAX`.
 fn model_kv(cfg: &ModelConfig, arch: &str, ty: TernaryType) -> Vec<(String, Value)> {
     let a = |k: &str| format!("{arch}.{k}");
     let act = match cfg.hidden_act {
@@ -1008,13 +1009,7 @@ pub fn import<W: Write + Seek>(
         .collect();
     let meta = json!({
         "format": "bnet",
-        "format_version": format!(
-            "{}.{}",
-            crate::format::bnet::VERSION_MAJOR,
-            crate::format::bnet::minor_version_for(
-                items.iter().filter(|i| i.3.ty.id == ggml::Q4_0).map(|_| DType::Q4)
-            )
-        ),
+        "format_version": w.format_version(),
         "family": format!("gguf-{arch}"),
         "model": cfg,
         "quantization": {

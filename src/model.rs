@@ -272,8 +272,26 @@ impl ModelConfig {
             eos_token_id: token_ids(raw.get("eos_token_id")),
             linear_class,
         };
-        if cfg.num_hidden_layers > 4096 || cfg.hidden_size > 1 << 20 || cfg.vocab_size > 1 << 24 {
-            return Err("model dimensions are implausibly large".into());
+        // caps far above any real model; they also keep every dimension inside the u32 that
+        // GGUF stores it in (gguf_io's `as u32` relies on this)
+        for (name, v, cap) in [
+            ("num_hidden_layers", cfg.num_hidden_layers, 4096),
+            ("hidden_size", cfg.hidden_size, 1 << 20),
+            ("vocab_size", cfg.vocab_size, 1 << 24),
+            ("intermediate_size", cfg.intermediate_size, 1 << 24),
+            ("num_attention_heads", cfg.num_attention_heads, 1 << 16),
+            ("head_dim", cfg.head_dim, 1 << 16),
+            (
+                "max_position_embeddings",
+                cfg.max_position_embeddings,
+                u32::MAX as u64,
+            ),
+        ] {
+            if v > cap {
+                return Err(format!(
+                    "model dimensions are implausibly large: {name} {v} exceeds {cap}"
+                ));
+            }
         }
         Ok((cfg, hint))
     }

@@ -12,8 +12,8 @@ static PENDING: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
 /// On the first call, installs a SIGINT/SIGTERM handler that removes every temporary output in
 /// progress and exits with 130, so an interrupted run leaves nothing behind. (SIGKILL cannot be
-/// caught: then a `.NAME.XXXXXX.tmp` file may remain; it never takes the final name, and later
-/// runs use fresh random names, so it is harmless and can be deleted.)
+/// caught: then a `.NAME.PID.XXXXXX.tmp` file may remain. It never takes the final name, and the
+/// next run writing NAME removes it once process PID is gone; see [`remove_stale`].)
 fn install_interrupt_handler() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
@@ -52,6 +52,40 @@ pub fn check_dest(dest: &Path, force: bool) -> Result<PathBuf> {
     Ok(parent)
 }
 
+/// Removes `.NAME.PID.XXXXXX.tmp` files in `dir` whose writer, process PID, no longer exists
+/// (killed with SIGKILL, or the machine crashed): a half-written model can be gigabytes. Files of
+/// live processes, and anything not matching the pattern exactly, are left alone. Linux only
+/// (`/proc` says whether a process exists); elsewhere stale files are ignored, never renamed.
+fn remove_stale(dir: &Path, name: &str) {
+    #[cfg(target_os = "linux")]
+    {
+        let prefix = format!(".{name}.");
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let file = e.file_name();
+            let Some(pid) = file
+                .to_str()
+                .and_then(|f| f.strip_prefix(&prefix)?.strip_suffix(".tmp"))
+                .and_then(|rest| rest.split_once('.'))
+                .and_then(|(pid, _)| pid.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let alive = pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists();
+            if !alive && std::fs::remove_file(e.path()).is_ok() {
+                eprintln!(
+                    "note: removed {}, left by an interrupted run (process {pid})",
+                    e.path().display()
+                );
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (dir, name);
+}
+
 /// An output file that appears under its name only when `commit` succeeds.
 pub struct AtomicFile {
     tmp: tempfile::NamedTempFile,
@@ -64,8 +98,10 @@ impl AtomicFile {
     pub fn create(dest: &Path, force: bool) -> Result<AtomicFile> {
         let parent = check_dest(dest, force)?;
         let name = dest.file_name().and_then(|n| n.to_str()).unwrap_or("out");
+        remove_stale(&parent, name);
         let mut builder = tempfile::Builder::new();
-        let prefix = format!(".{name}.");
+        // the writer's pid in the name lets a later run tell a dead writer's file from a live one
+        let prefix = format!(".{name}.{}.", std::process::id());
         builder.prefix(&prefix).suffix(".tmp");
         #[cfg(unix)]
         {

@@ -256,16 +256,7 @@ fn convert<W: Write + Seek>(
     let sources = sources()?;
     let meta = json!({
         "format": "bnet",
-        "format_version": format!(
-            "{}.{}",
-            bnet::VERSION_MAJOR,
-            bnet::minor_version_for(
-                [opts.embeddings, opts.lm_head]
-                    .into_iter()
-                    .filter(|&s| s == StoreAs::Q4)
-                    .map(|_| DType::Q4)
-            )
-        ),
+        "format_version": w.format_version(),
         "family": ck.family.name(),
         "model": cfg,
         "quantization": {

@@ -335,6 +335,21 @@ fn edit_config(m: &Path, f: impl FnOnce(&mut Value)) {
     std::fs::write(&p, serde_json::to_vec(&v).unwrap()).unwrap();
 }
 
+/// A dimension that would not fit GGUF's u32 (or is otherwise absurd) is refused at pack, naming
+/// the field, rather than truncated later.
+#[test]
+fn error_implausible_dimensions() {
+    let d = tempfile::tempdir().unwrap();
+    let m = synth(d.path(), false);
+    let out = d.path().join("o.bnet");
+    edit_config(&m, |v| v["max_position_embeddings"] = (1u64 << 40).into());
+    assert_clean_failure(
+        pack(&m, &out, &[]),
+        "max_position_embeddings 1099511627776 exceeds 4294967295",
+        &out,
+    );
+}
+
 #[test]
 fn error_unsupported_architecture_and_activation() {
     let d = tempfile::tempdir().unwrap();
@@ -552,7 +567,8 @@ fn signal(pid: u32, sig: &str) {
 }
 
 /// SIGKILL at different points never leaves a file under the output name (only, possibly, a
-/// `.NAME.XXXXXX.tmp`), and a later run succeeds; SIGINT removes the temporary file too.
+/// `.NAME.PID.XXXXXX.tmp`), and a later run succeeds and removes those; SIGINT removes the
+/// temporary file itself.
 #[test]
 fn interrupted_pack_never_leaves_a_partial_output() {
     let d = tempfile::tempdir().unwrap();
@@ -590,8 +606,8 @@ fn interrupted_pack_never_leaves_a_partial_output() {
             );
         }
     }
-    // interrupted politely: exit 130 and nothing new left behind
-    let before = leftovers(&outdir).len();
+    // interrupted politely: exit 130 and nothing of its own left behind (it may also have
+    // removed the killed runs' files)
     let child = std::process::Command::new(&bin)
         .arg(&m)
         .arg(&out)
@@ -600,7 +616,8 @@ fn interrupted_pack_never_leaves_a_partial_output() {
         .spawn()
         .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(80));
-    signal(child.id(), "-INT");
+    let pid = child.id();
+    signal(pid, "-INT");
     let o = child.wait_with_output().unwrap();
     if o.status.code() == Some(130) {
         assert!(!out.exists());
@@ -609,13 +626,30 @@ fn interrupted_pack_never_leaves_a_partial_output() {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         std::fs::remove_file(&out).unwrap();
     }
-    assert_eq!(
-        leftovers(&outdir).len(),
-        before,
+    let own = format!(".m.bnet.{}.", pid);
+    assert!(
+        !leftovers(&outdir).iter().any(|n| n.starts_with(&own)),
         "SIGINT left a temporary file"
     );
-    // and a clean run afterwards works despite stale temporaries
-    assert!(pack(&m, &out, &[]).status.success());
+    // and a clean run afterwards works and removes the killed runs' temporaries (one planted
+    // for certain: pid 4000000000 does not exist), but not a live process's or a foreign file
+    let dead = outdir.join(".m.bnet.4000000000.AbCdEf.tmp");
+    let live = outdir.join(format!(".m.bnet.{}.AbCdEf.tmp", std::process::id()));
+    let foreign = outdir.join(".m.bnet.notapid.tmp");
+    for f in [&dead, &live, &foreign] {
+        std::fs::write(f, b"partial").unwrap();
+    }
+    let o = pack(&m, &out, &[]);
+    assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("left by an interrupted run"));
+    let mut left = leftovers(&outdir);
+    left.sort();
+    let mut want = vec![
+        ".m.bnet.notapid.tmp".to_string(),
+        format!(".m.bnet.{}.AbCdEf.tmp", std::process::id()),
+    ];
+    want.sort();
+    assert_eq!(left, want, "{}", String::from_utf8_lossy(&o.stderr));
     assert!(cmd("bitnet-inspect")
         .arg(&out)
         .arg("--verify")

@@ -693,6 +693,13 @@ impl<W: Write + Seek> Writer<W> {
         self.end_tensor()
     }
 
+    /// The version the header will carry, `major.minor`, for the metadata's `format_version`
+    /// (formats/bnet.md §7): derived from the tensors written so far, like the header's.
+    pub fn format_version(&self) -> String {
+        let minor = minor_version_for(self.entries.iter().map(|e| e.dtype));
+        format!("{VERSION_MAJOR}.{minor}")
+    }
+
     /// Writes index, names and metadata, then the header; returns the sink and the file length.
     pub fn finish(mut self, meta: &serde_json::Value) -> Result<(W, u64)> {
         assert!(self.current.is_none(), "finish with a tensor open");
