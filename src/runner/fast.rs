@@ -25,12 +25,21 @@ impl QuantizedBatch {
         let t = x.len() / k;
         let k_pad = k.div_ceil(256) * 256;
         let mut q = vec![0i8; t * k_pad];
-        let (mut scales, mut sums) = (Vec::with_capacity(t), Vec::with_capacity(t));
-        for (xt, qt) in x.chunks_exact(k).zip(q.chunks_exact_mut(k_pad)) {
-            let (s, sum) = quantize_act(xt, qt);
-            scales.push(s);
-            sums.push(sum);
-        }
+        let quantize = |(xt, qt): (&[f32], &mut [i8])| quantize_act(xt, qt);
+        // a prompt's tokens in parallel (serial work here would idle the other cores); one
+        // token, as in decode, stays on its thread
+        let sq: Vec<(f32, i32)> = if t > 1 {
+            x.par_chunks_exact(k)
+                .zip(q.par_chunks_exact_mut(k_pad))
+                .map(quantize)
+                .collect()
+        } else {
+            x.chunks_exact(k)
+                .zip(q.chunks_exact_mut(k_pad))
+                .map(quantize)
+                .collect()
+        };
+        let (scales, sums) = sq.into_iter().unzip();
         QuantizedBatch {
             q,
             k_pad,
@@ -114,11 +123,13 @@ pub fn matmul_many(kern: Kernel, ls: &[&Linear], a: &QuantizedBatch) -> Vec<Vec<
         .zip(ls)
         .map(|(yt, l)| {
             let mut y = vec![0f32; l.rows * t];
-            for r in 0..l.rows {
-                for tok in 0..t {
-                    y[tok * l.rows + r] = yt[r * t + tok];
-                }
-            }
+            y.par_chunks_exact_mut(l.rows)
+                .enumerate()
+                .for_each(|(tok, yt_row)| {
+                    for (r, v) in yt_row.iter_mut().enumerate() {
+                        *v = yt[r * t + tok];
+                    }
+                });
             y
         })
         .collect()
@@ -191,9 +202,9 @@ impl<'w, 'a> Session<'w, 'a> {
         }
         let norm_rows = |x: &[f32], g: &[f32], k: usize| {
             let mut o = vec![0f32; x.len()];
-            for (xt, ot) in x.chunks_exact(k).zip(o.chunks_exact_mut(k)) {
-                rms_norm(xt, g, eps, ot);
-            }
+            o.par_chunks_exact_mut(k)
+                .zip(x.par_chunks_exact(k))
+                .for_each(|(ot, xt)| rms_norm(xt, g, eps, ot));
             o
         };
         let ropes: Vec<RopeAt> = (0..t)
@@ -252,7 +263,10 @@ impl<'w, 'a> Session<'w, 'a> {
             let (g, u) = (gu.next().expect("gate"), gu.next().expect("up"));
             let ff = layer.gate.rows;
             let mut m = vec![0f32; g.len()];
-            gated(self.w.activation(), &g, &u, &mut m);
+            let act = self.w.activation();
+            m.par_chunks_mut(ff)
+                .zip(g.par_chunks(ff).zip(u.par_chunks(ff)))
+                .for_each(|(mt, (gt, ut))| gated(act, gt, ut, mt));
             if let Some(s) = &layer.ffn_sub_norm {
                 m = norm_rows(&m, s, ff);
             }
