@@ -97,8 +97,11 @@ impl Shared {
     fn get(&self, i: usize) -> f32 {
         f32::from_bits(self.0[i].load(Ordering::Relaxed))
     }
+    fn range(&self, r: Range<usize>) -> Vec<f32> {
+        r.map(|i| self.get(i)).collect()
+    }
     fn to_vec(&self) -> Vec<f32> {
-        (0..self.0.len()).map(|i| self.get(i)).collect()
+        self.range(0..self.0.len())
     }
 }
 
@@ -162,6 +165,16 @@ fn norm(x: &[f32], g: &[f32], eps: f32) -> Vec<f32> {
     o
 }
 
+/// A projection's input: the previous phase's output, through the layer's sub-norm when it has
+/// one (BitNet b1.58), quantized to int8.
+fn sub_normed(v: Vec<f32>, g: Option<&[f32]>, eps: f32) -> QuantizedBatch {
+    let v = match g {
+        Some(g) => norm(&v, g, eps),
+        None => v,
+    };
+    QuantizedBatch::new(&v, v.len())
+}
+
 /// Appends token `id` to the session and returns its logits.
 pub(super) fn step(s: &mut Session, id: u32) -> Vec<f32> {
     let st: &Session = s;
@@ -195,20 +208,20 @@ pub(super) fn step(s: &mut Session, id: u32) -> Vec<f32> {
             matvec(st, &[&layer.q, &layer.k, &layer.v], &xn, &next[0], &qkv);
             barrier.wait();
             if ctx.index() == 0 {
-                let mut k: Vec<f32> = (nh * hd..(nh + nkv) * hd).map(|i| qkv.get(i)).collect();
+                let mut k = qkv.range(nh * hd..(nh + nkv) * hd);
                 k.chunks_exact_mut(hd).for_each(|h| rope.apply(h));
-                let v = ((nh + nkv) * hd..(nh + 2 * nkv) * hd).map(|i| qkv.get(i));
+                let v = qkv.range((nh + nkv) * hd..(nh + 2 * nkv) * hd);
                 let mut kc = st.k_cache[li].write().unwrap_or_else(|e| e.into_inner());
                 kc.extend_from_slice(&k);
                 let mut vc = st.v_cache[li].write().unwrap_or_else(|e| e.into_inner());
-                vc.extend(v);
+                vc.extend_from_slice(&v);
             }
             barrier.wait();
             {
                 let kc = st.k_cache[li].read().unwrap_or_else(|e| e.into_inner());
                 let vc = st.v_cache[li].read().unwrap_or_else(|e| e.into_inner());
                 for h in claims(&next[1], nh).flatten() {
-                    let mut qh: Vec<f32> = (h * hd..(h + 1) * hd).map(|i| qkv.get(i)).collect();
+                    let mut qh = qkv.range(h * hd..(h + 1) * hd);
                     rope.apply(&mut qh);
                     let kv = h / (nh / nkv) * hd;
                     let mut out = vec![0f32; hd];
@@ -229,33 +242,15 @@ pub(super) fn step(s: &mut Session, id: u32) -> Vec<f32> {
                 }
             }
             barrier.wait();
-            let mut a = attn.to_vec();
-            if let Some(g) = &layer.attn_sub_norm {
-                a = norm(&a, g, eps);
-            }
-            matvec(
-                st,
-                &[&layer.o],
-                &QuantizedBatch::new(&a, nh * hd),
-                &next[2],
-                &o,
-            );
+            let a = sub_normed(attn.to_vec(), layer.attn_sub_norm.as_deref(), eps);
+            matvec(st, &[&layer.o], &a, &next[2], &o);
             barrier.wait();
             x.iter_mut().enumerate().for_each(|(i, v)| *v += o.get(i));
             let xn = QuantizedBatch::new(&norm(&x, &layer.post_norm, eps), hidden);
             gated_matvec(st, li, &xn, &next[3], &m);
             barrier.wait();
-            let mut mv = m.to_vec();
-            if let Some(g) = &layer.ffn_sub_norm {
-                mv = norm(&mv, g, eps);
-            }
-            matvec(
-                st,
-                &[&layer.down],
-                &QuantizedBatch::new(&mv, ff),
-                &next[4],
-                &d,
-            );
+            let mq = sub_normed(m.to_vec(), layer.ffn_sub_norm.as_deref(), eps);
+            matvec(st, &[&layer.down], &mq, &next[4], &d);
             barrier.wait();
             x.iter_mut().enumerate().for_each(|(i, v)| *v += d.get(i));
         }
