@@ -70,8 +70,9 @@ fn matvec(c: &mut Criterion) {
     g.finish();
 }
 
-/// The Q4 lm_head's inner loop on one thread: at 1 thread decode is compute-bound here (the
-/// head is a fifth of a 2B-4T token's bytes), so this is its GB/s with no memory headroom.
+/// The Q4 lm_head's inner loop on one thread (the head is a quarter of a 2B-4T token's bytes
+/// with a Q4 head). It was compute-bound below one core's DRAM bandwidth (8.4 GB/s when
+/// L2-resident) until it folded four blocks per conversion; compare with `memory/read_one_thread`.
 fn head_q4(c: &mut Criterion) {
     let (rows, k) = (32768usize, 2560usize);
     let rb = DType::Q4.row_bytes(k as u64).expect("row bytes") as usize;
