@@ -16,13 +16,13 @@
 //! same attention and activation functions, so decode and a one-token prompt give identical
 //! logits (tests/runner.rs).
 
-use super::fast::{head_row, row_dot, QuantizedBatch, Session};
+use super::fast::{head_row, row_dot, QuantizedBatch, Session, Shared};
 use super::ops::{attend, gated, rms_norm, KvHead, RopeAt};
 use super::weights::Linear;
 use crate::format::bnet::DType;
 use crate::kernels::q4::Q8Blocks;
 use std::ops::Range;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// Spins at a barrier before yielding the CPU (in case there are more threads than cores).
 const SPINS: u32 = 1 << 12;
@@ -80,28 +80,6 @@ impl Drop for PoisonOnPanic<'_> {
         if std::thread::panicking() {
             self.0.poisoned.store(true, Ordering::Relaxed);
         }
-    }
-}
-
-/// f32 results written by whichever thread computed them; a barrier orders the writes before
-/// the reads, so relaxed accesses suffice.
-struct Shared(Vec<AtomicU32>);
-
-impl Shared {
-    fn new(n: usize) -> Self {
-        Shared((0..n).map(|_| AtomicU32::new(0)).collect())
-    }
-    fn set(&self, i: usize, v: f32) {
-        self.0[i].store(v.to_bits(), Ordering::Relaxed);
-    }
-    fn get(&self, i: usize) -> f32 {
-        f32::from_bits(self.0[i].load(Ordering::Relaxed))
-    }
-    fn range(&self, r: Range<usize>) -> Vec<f32> {
-        r.map(|i| self.get(i)).collect()
-    }
-    fn to_vec(&self) -> Vec<f32> {
-        self.range(0..self.0.len())
     }
 }
 
