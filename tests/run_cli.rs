@@ -424,6 +424,27 @@ fn bench_reports_bytes_and_bandwidth() {
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--bench-decode (0)"));
+    // more threads than cores: it runs (correctly) but says it will be slow
+    let cores = std::thread::available_parallelism().unwrap().get();
+    let o = Command::cargo_bin("bitnet-run")
+        .unwrap()
+        .arg(&m)
+        .args([
+            "--bench",
+            "--bench-prompt",
+            "3",
+            "--bench-decode",
+            "2",
+            "--json",
+        ])
+        .args(["--threads", &(cores + 1).to_string()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let warning = format!("--threads {} is more than the {cores} cores", cores + 1);
+    assert!(String::from_utf8_lossy(&o.stderr).contains(&warning));
+    let r: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["threads"], cores + 1);
 }
 
 /// `--lm-head q4`: the fast runner (int8 activations against the Q4 head) passes verify
