@@ -88,7 +88,7 @@ impl Shared {
 
 /// One tile: rows `c·ROWS ..` of `l` against every token of the batch, written to `out` as
 /// `[token][row]`. Tiles of ROWS rows × 4 tokens keep both the rows' codes and the four tokens'
-/// activations in L1 while they are multiplied; each token's ROWS results are one cache line.
+/// activations in L1 while they are multiplied; each token's ROWS results are contiguous.
 fn tile(kern: Kernel, l: &Linear, a: &QuantizedBatch, c: usize, out: &Shared) {
     let t = a.tokens();
     let act = |tok: usize| &a.q[tok * a.k_pad..(tok + 1) * a.k_pad];
