@@ -235,3 +235,35 @@ fn concurrent_decoding_sessions_agree() {
         }
     });
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+    /// Grouped-query attention reads each cached key and value once for the group; every head
+    /// still gets exactly the bits of attending alone (any group size, head size, length).
+    #[test]
+    fn grouped_attention_is_per_head_attention(
+        g in 1usize..9,
+        hd in 1usize..200,
+        n in 1usize..40,
+        kv_heads in 1usize..3,
+        seed in proptest::prelude::any::<u64>(),
+    ) {
+        use bitnet::runner::ops::{attend, attend_group, KvHead};
+        let mut s = seed | 1;
+        let mut next = || { s ^= s << 13; s ^= s >> 7; s ^= s << 17; (s % 2001) as f32 / 250.0 - 4.0 };
+        let stride = kv_heads * hd;
+        let k: Vec<f32> = (0..n * stride).map(|_| next()).collect();
+        let v: Vec<f32> = (0..n * stride).map(|_| next()).collect();
+        let qs: Vec<f32> = (0..g * hd).map(|_| next()).collect();
+        let kv = KvHead { k: &k[(kv_heads - 1) * hd..], v: &v[(kv_heads - 1) * hd..], stride };
+        let scale = (hd as f32).powf(-0.5);
+        let mut grouped = vec![0f32; g * hd];
+        attend_group(&qs, hd, kv, n, scale, &mut grouped);
+        for h in 0..g {
+            let mut alone = vec![0f32; hd];
+            attend(&qs[h * hd..][..hd], kv, n, scale, &mut alone);
+            let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            proptest::prop_assert_eq!(bits(&grouped[h * hd..][..hd]), bits(&alone), "head {}", h);
+        }
+    }
+}

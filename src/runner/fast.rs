@@ -3,7 +3,7 @@
 //! tokens), multithreaded over output rows with rayon; one-token steps (decode) go to
 //! [`super::decode`], which runs the whole step in one parallel region.
 
-use super::ops::{attend, gated, rms_norm, rope_inv_freq, KvHead, RopeAt};
+use super::ops::{attend_group, gated, rms_norm, rope_inv_freq, KvHead, RopeAt};
 use super::weights::{Linear, Weights};
 use crate::error::Result;
 use crate::format::bnet::DType;
@@ -254,22 +254,26 @@ impl<'w, 'a> Session<'w, 'a> {
             let (kc, vc) = (&*kc, &*vc);
             let mut attn = vec![0f32; t * nh * hd];
             let pos0 = self.pos;
-            attn.par_chunks_mut(hd).enumerate().for_each(|(i, out)| {
-                let (tok, h) = (i / nh, i % nh);
-                let kv = h / (nh / nkv) * hd;
-                let qh = &q[tok * nh * hd + h * hd..][..hd];
-                attend(
-                    qh,
-                    KvHead {
-                        k: &kc[kv..],
-                        v: &vc[kv..],
-                        stride: nkv * hd,
-                    },
-                    pos0 + tok + 1,
-                    scale,
-                    out,
-                );
-            });
+            // per token, one kv head and the query heads that share it per task
+            let group = nh / nkv;
+            attn.par_chunks_mut(group * hd)
+                .enumerate()
+                .for_each(|(i, out)| {
+                    let (tok, kv) = (i / nkv, i % nkv);
+                    let qs = &q[tok * nh * hd + kv * group * hd..][..group * hd];
+                    attend_group(
+                        qs,
+                        hd,
+                        KvHead {
+                            k: &kc[kv * hd..],
+                            v: &vc[kv * hd..],
+                            stride: nkv * hd,
+                        },
+                        pos0 + tok + 1,
+                        scale,
+                        out,
+                    );
+                });
             if let Some(g) = &layer.attn_sub_norm {
                 attn = norm_rows(&attn, g, nh * hd);
             }
