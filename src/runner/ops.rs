@@ -156,31 +156,23 @@ pub struct KvHead<'a> {
 }
 
 /// Attention of one query head over positions `0..n`: softmax of the scaled dot products with
-/// the keys, then the weighted sum of the values, added to `out`. The AVX2 build inlines the
-/// lane loops into the position loop (a call and a feature check per position cost a fifth of
-/// decode time at a few hundred positions); the arithmetic, and so the result, is the same.
+/// the keys, then the weighted sum of the values, added to `out`. The plain definition, in the
+/// eight-lane order every path uses; [`attend_group`] is what the runner calls.
 pub fn attend(qh: &[f32], kv: KvHead, n: usize, scale: f32, out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: AVX2 was just detected.
-        return unsafe { attend_avx2(qh, kv, n, scale, out) };
+    let hd = qh.len();
+    let mut p: Vec<f32> = (0..n)
+        .map(|s| dot_lanes(qh, &kv.k[s * kv.stride..][..hd]) * scale)
+        .collect();
+    softmax(&mut p);
+    for (s, &ps) in p.iter().enumerate() {
+        axpy_lanes(ps, &kv.v[s * kv.stride..][..hd], out);
     }
-    attend_with(
-        |p: &mut [f32]| {
-            for (s, o) in p.iter_mut().enumerate() {
-                *o = dot_lanes(qh, &kv.k[s * kv.stride..][..qh.len()]) * scale;
-            }
-        },
-        qh,
-        kv,
-        n,
-        out,
-    )
 }
 
 /// Attention of the query heads that share one kv head (grouped-query attention): `qs` and
 /// `outs` hold the group's heads one after another, `hd` floats each. Every head's result is
-/// exactly what [`attend`] gives it; the AVX2 build reads each cached key and value once for
+/// exactly what [`attend`] gives it (the same products and sums in the same order, tested bit
+/// for bit); the AVX2 build reads each cached key and value once for
 /// the whole group instead of once per head (2B-4T: 4 heads per kv head), which made attention
 /// a tenth of a decode step at a few hundred positions when each head streamed the cache itself.
 pub fn attend_group(qs: &[f32], hd: usize, kv: KvHead, n: usize, scale: f32, outs: &mut [f32]) {
@@ -276,39 +268,6 @@ unsafe fn attend_group_avx2(
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn attend_avx2(qh: &[f32], kv: KvHead, n: usize, scale: f32, out: &mut [f32]) {
-    // the closure inherits AVX2, so everything inlines into this function
-    attend_with(
-        |p: &mut [f32]| {
-            let hd = qh.len();
-            let key = |s: usize| &kv.k[s * kv.stride..][..hd];
-            // four positions at a time: four independent add chains instead of one
-            let mut chunks = p.chunks_exact_mut(4);
-            for (c, ps) in (&mut chunks).enumerate() {
-                let d = unsafe {
-                    dot4_avx2(
-                        qh,
-                        [key(4 * c), key(4 * c + 1), key(4 * c + 2), key(4 * c + 3)],
-                    )
-                };
-                for (o, d) in ps.iter_mut().zip(d) {
-                    *o = d * scale;
-                }
-            }
-            let done = n / 4 * 4;
-            for (i, o) in chunks.into_remainder().iter_mut().enumerate() {
-                *o = unsafe { dot_avx2(qh, key(done + i)) } * scale;
-            }
-        },
-        qh,
-        kv,
-        n,
-        out,
-    )
-}
-
 /// `dot_avx2` of one vector with four others, interleaved (each result is computed exactly as
 /// `dot_avx2` computes it).
 #[cfg(target_arch = "x86_64")]
@@ -335,15 +294,4 @@ unsafe fn dot4_avx2(a: &[f32], bs: [&[f32]; 4]) -> [f32; 4] {
         *o = reduce_lanes(acc);
     }
     out
-}
-
-#[inline(always)]
-fn attend_with(scores: impl Fn(&mut [f32]), qh: &[f32], kv: KvHead, n: usize, out: &mut [f32]) {
-    let hd = qh.len();
-    let mut p = vec![0f32; n];
-    scores(&mut p);
-    softmax(&mut p);
-    for (s, &ps) in p.iter().enumerate() {
-        axpy_lanes(ps, &kv.v[s * kv.stride..][..hd], out);
-    }
 }
