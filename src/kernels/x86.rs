@@ -117,12 +117,21 @@ pub unsafe fn dot_t2_offset_x4_avx512(row: &[u8], act: [&[i8]; 4]) -> [i32; 4] {
 /// tokens/s); at one thread they tie (0, 4, 8 and 12 KiB were also measured).
 pub const PREFETCH_BYTES: usize = 6144;
 
-/// Prefetches the cache line `PREFETCH_BYTES` past `p` (a hint: never faults, even past the end).
+/// Prefetches the cache lines of `bytes` bytes from `p` (a hint: never faults, even past the
+/// end of an allocation).
+#[inline(always)]
+pub fn prefetch(p: *const u8, bytes: usize) {
+    for off in (0..bytes).step_by(64) {
+        // SAFETY: prefetch is a hint and does not dereference; wrapping_add keeps the pointer
+        // arithmetic defined outside the allocation.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off) as *const i8) }
+    }
+}
+
+/// Prefetches the cache line `PREFETCH_BYTES` past `p`.
 #[inline(always)]
 pub fn prefetch_ahead(p: *const u8) {
-    // SAFETY: prefetch is a hint and does not dereference; wrapping_add keeps the pointer
-    // arithmetic defined outside the allocation.
-    unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_BYTES) as *const i8) }
+    prefetch(p.wrapping_add(PREFETCH_BYTES), 1);
 }
 
 #[target_feature(enable = "avx2")]

@@ -216,11 +216,7 @@ pub(super) fn step(s: &mut Session, id: u32) -> Vec<f32> {
                     attend_group(
                         &qs,
                         hd,
-                        KvHead {
-                            k: &kc[kv * hd..],
-                            v: &vc[kv * hd..],
-                            stride: nkv * hd,
-                        },
+                        KvHead::of(&kc, &vc, kv, nkv, hd),
                         pos + 1,
                         scale,
                         &mut out,

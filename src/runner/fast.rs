@@ -264,11 +264,7 @@ impl<'w, 'a> Session<'w, 'a> {
                     attend_group(
                         qs,
                         hd,
-                        KvHead {
-                            k: &kc[kv * hd..],
-                            v: &vc[kv * hd..],
-                            stride: nkv * hd,
-                        },
+                        KvHead::of(kc, vc, kv, nkv, hd),
                         pos0 + tok + 1,
                         scale,
                         out,

@@ -155,6 +155,17 @@ pub struct KvHead<'a> {
     pub stride: usize,
 }
 
+impl<'a> KvHead<'a> {
+    /// kv head `kv` of a layer's caches holding `kv_heads` heads of `hd` floats per position.
+    pub fn of(k: &'a [f32], v: &'a [f32], kv: usize, kv_heads: usize, hd: usize) -> Self {
+        KvHead {
+            k: &k[kv * hd..],
+            v: &v[kv * hd..],
+            stride: kv_heads * hd,
+        }
+    }
+}
+
 /// Attention of one query head over positions `0..n`: softmax of the scaled dot products with
 /// the keys, then the weighted sum of the values, added to `out`. The plain definition, in the
 /// eight-lane order every path uses; [`attend_group`] is what the runner calls.
@@ -172,9 +183,9 @@ pub fn attend(qh: &[f32], kv: KvHead, n: usize, scale: f32, out: &mut [f32]) {
 /// Attention of the query heads that share one kv head (grouped-query attention): `qs` and
 /// `outs` hold the group's heads one after another, `hd` floats each. Every head's result is
 /// exactly what [`attend`] gives it (the same products and sums in the same order, tested bit
-/// for bit); the AVX2 build reads each cached key and value once for
-/// the whole group instead of once per head (2B-4T: 4 heads per kv head), which made attention
-/// a tenth of a decode step at a few hundred positions when each head streamed the cache itself.
+/// for bit); the AVX2 build reads each cached key and value once for the whole group instead
+/// of once per head (2B-4T: 4 heads per kv head), which made attention a tenth of a decode
+/// step at a few hundred positions when each head streamed the cache itself.
 pub fn attend_group(qs: &[f32], hd: usize, kv: KvHead, n: usize, scale: f32, outs: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
@@ -192,17 +203,6 @@ pub fn attend_group(qs: &[f32], hd: usize, kv: KvHead, n: usize, scale: f32, out
 #[cfg(target_arch = "x86_64")]
 const AHEAD: usize = 4;
 
-/// Prefetches the `bytes` from `p` (a hint: never faults, even past the end of the cache).
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn prefetch_row(p: *const f32, bytes: usize) {
-    use std::arch::x86_64::*;
-    for off in (0..bytes).step_by(64) {
-        // SAFETY: prefetch does not dereference; wrapping_add keeps the arithmetic defined.
-        unsafe { _mm_prefetch::<_MM_HINT_T0>((p as *const i8).wrapping_add(off)) }
-    }
-}
-
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn attend_group_avx2(
@@ -213,6 +213,7 @@ unsafe fn attend_group_avx2(
     scale: f32,
     outs: &mut [f32],
 ) {
+    use crate::kernels::x86::prefetch;
     let g = qs.len() / hd;
     let q = |h: usize| &qs[h * hd..][..hd];
     // scores `[head][position]`, each key loaded once for the group. dot4_avx2(key, [4 heads])
@@ -220,7 +221,10 @@ unsafe fn attend_group_avx2(
     let mut p = vec![0f32; g * n];
     for s in 0..n {
         let key = &kv.k[s * kv.stride..][..hd];
-        prefetch_row(kv.k.as_ptr().wrapping_add((s + AHEAD) * kv.stride), 4 * hd);
+        prefetch(
+            kv.k.as_ptr().wrapping_add((s + AHEAD) * kv.stride) as *const u8,
+            4 * hd,
+        );
         let mut h = 0;
         while h + 4 <= g {
             let d = dot4_avx2(key, [q(h), q(h + 1), q(h + 2), q(h + 3)]);
@@ -250,7 +254,7 @@ unsafe fn attend_group_avx2(
             }
             for (s, &w) in ph.iter().enumerate() {
                 let (w, row) = (_mm256_set1_ps(w), kv.v.as_ptr().add(s * kv.stride + c));
-                prefetch_row(row.wrapping_add(AHEAD * kv.stride), 256);
+                prefetch(row.wrapping_add(AHEAD * kv.stride) as *const u8, 256);
                 for (j, a) in acc.iter_mut().enumerate() {
                     *a = _mm256_add_ps(*a, _mm256_mul_ps(w, _mm256_loadu_ps(row.add(8 * j))));
                 }
