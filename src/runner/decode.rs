@@ -200,9 +200,9 @@ pub(super) fn step(s: &mut Session, id: u32) -> Vec<f32> {
                 k.chunks_exact_mut(hd).for_each(|h| rope.apply(h));
                 let v = qkv.range((nh + nkv) * hd..(nh + 2 * nkv) * hd);
                 let mut kc = st.k_cache[li].write().unwrap_or_else(|e| e.into_inner());
-                kc.extend_from_slice(&k);
+                kc.push(&k);
                 let mut vc = st.v_cache[li].write().unwrap_or_else(|e| e.into_inner());
-                vc.extend_from_slice(&v);
+                vc.push(&v);
             }
             barrier.wait();
             {
@@ -213,14 +213,7 @@ pub(super) fn step(s: &mut Session, id: u32) -> Vec<f32> {
                     let mut qs = qkv.range(heads.clone());
                     qs.chunks_exact_mut(hd).for_each(|h| rope.apply(h));
                     let mut out = vec![0f32; qs.len()];
-                    attend_group(
-                        &qs,
-                        hd,
-                        KvHead::of(&kc, &vc, kv, nkv, hd),
-                        pos + 1,
-                        scale,
-                        &mut out,
-                    );
+                    attend_group(&qs, hd, KvHead::of(&kc, &vc, kv), pos + 1, scale, &mut out);
                     heads.zip(out).for_each(|(i, v)| attn.set(i, v));
                 }
             }

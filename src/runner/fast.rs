@@ -3,7 +3,7 @@
 //! tokens), multithreaded over output rows with rayon; one-token steps (decode) go to
 //! [`super::decode`], which runs the whole step in one parallel region.
 
-use super::ops::{attend_group, gated, rms_norm, rope_inv_freq, KvHead, RopeAt};
+use super::ops::{attend_group, gated, rms_norm, rope_inv_freq, KvCache, KvHead, RopeAt};
 use super::weights::{Linear, Weights};
 use crate::error::Result;
 use crate::format::bnet::DType;
@@ -162,22 +162,23 @@ pub struct Session<'w, 'a> {
     pub(super) w: &'w Weights<'a>,
     pub(super) kern: Kernel,
     pub(super) inv_freq: Vec<f32>,
-    /// Per layer: keys and values `[position][kv_heads · head_dim]`, flattened. Locked only
-    /// so one decode thread can append while the others wait ([`super::decode`]).
-    pub(super) k_cache: Vec<RwLock<Vec<f32>>>,
-    pub(super) v_cache: Vec<RwLock<Vec<f32>>>,
+    /// Per layer: cached keys and values. Locked only so one decode thread can append while
+    /// the others wait ([`super::decode`]).
+    pub(super) k_cache: Vec<RwLock<KvCache>>,
+    pub(super) v_cache: Vec<RwLock<KvCache>>,
     pub(super) pos: usize,
 }
 
 impl<'w, 'a> Session<'w, 'a> {
     pub fn new(w: &'w Weights<'a>, kern: Kernel) -> Self {
         let n = w.layers.len();
+        let (nkv, hd) = (w.cfg.num_key_value_heads as usize, w.cfg.head_dim as usize);
         Session {
             inv_freq: rope_inv_freq(w.cfg.rope_theta, w.cfg.head_dim as usize),
             w,
             kern,
-            k_cache: (0..n).map(|_| RwLock::default()).collect(),
-            v_cache: (0..n).map(|_| RwLock::default()).collect(),
+            k_cache: (0..n).map(|_| RwLock::new(KvCache::new(nkv, hd))).collect(),
+            v_cache: (0..n).map(|_| RwLock::new(KvCache::new(nkv, hd))).collect(),
             pos: 0,
         }
     }
@@ -246,11 +247,11 @@ impl<'w, 'a> Session<'w, 'a> {
             let kc = self.k_cache[li]
                 .get_mut()
                 .unwrap_or_else(|e| e.into_inner());
-            kc.extend_from_slice(&k);
+            kc.push(&k);
             let vc = self.v_cache[li]
                 .get_mut()
                 .unwrap_or_else(|e| e.into_inner());
-            vc.extend_from_slice(&v);
+            vc.push(&v);
             let (kc, vc) = (&*kc, &*vc);
             let mut attn = vec![0f32; t * nh * hd];
             let pos0 = self.pos;
@@ -261,14 +262,7 @@ impl<'w, 'a> Session<'w, 'a> {
                 .for_each(|(i, out)| {
                     let (tok, kv) = (i / nkv, i % nkv);
                     let qs = &q[tok * nh * hd + kv * group * hd..][..group * hd];
-                    attend_group(
-                        qs,
-                        hd,
-                        KvHead::of(kc, vc, kv, nkv, hd),
-                        pos0 + tok + 1,
-                        scale,
-                        out,
-                    );
+                    attend_group(qs, hd, KvHead::of(kc, vc, kv), pos0 + tok + 1, scale, out);
                 });
             if let Some(g) = &layer.attn_sub_norm {
                 attn = norm_rows(&attn, g, nh * hd);
