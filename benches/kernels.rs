@@ -70,6 +70,32 @@ fn matvec(c: &mut Criterion) {
     g.finish();
 }
 
+/// The ternary row kernel alone on one thread, rows L2-resident (640 rows of 2560: 400 KiB):
+/// its compute ceiling, to hold against `memory/read_one_thread` (decode at one thread is
+/// memory-bound only while this is well above it).
+fn t2_rows(c: &mut Criterion) {
+    let (rows, k) = (640usize, 2560usize);
+    let rb = k / 4;
+    let data: Vec<u8> = (0..rows * rb)
+        .map(|i| (i * 2654435761 >> 7) as u8)
+        .collect();
+    let act: Vec<i8> = (0..k)
+        .map(|i| ((i * 37 % 255) as i32 - 127) as i8)
+        .collect();
+    let mut g = c.benchmark_group("t2_rows_1thread");
+    g.throughput(Throughput::Bytes(data.len() as u64));
+    for kern in Kernel::all_available() {
+        g.bench_function(format!("{}_{rows}x{k}", kern.name()), |b| {
+            b.iter(|| {
+                data.chunks_exact(rb)
+                    .map(|row| kern.dot_t2_offset(row, black_box(&act)))
+                    .fold(0i32, i32::wrapping_add)
+            })
+        });
+    }
+    g.finish();
+}
+
 /// The Q4 lm_head's inner loop on one thread (the head is a quarter of a 2B-4T token's bytes
 /// with a Q4 head). It was compute-bound below one core's DRAM bandwidth (8.4 GB/s when
 /// L2-resident) until it folded four blocks per conversion; compare with `memory/read_one_thread`.
@@ -100,5 +126,5 @@ fn head_q4(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, memory, matvec, head_q4);
+criterion_group!(benches, memory, matvec, t2_rows, head_q4);
 criterion_main!(benches);
