@@ -77,7 +77,7 @@ fn t2_rows(c: &mut Criterion) {
     let (rows, k) = (640usize, 2560usize);
     let rb = k / 4;
     let data: Vec<u8> = (0..rows * rb)
-        .map(|i| (i * 2654435761 >> 7) as u8)
+        .map(|i| ((i * 2654435761) >> 7) as u8)
         .collect();
     let act: Vec<i8> = (0..k)
         .map(|i| ((i * 37 % 255) as i32 - 127) as i8)
