@@ -391,3 +391,31 @@ fn i8_without_its_row_scale_is_refused_at_open() {
         );
     }
 }
+
+/// Head counts and sizes that would divide by zero or give the runner's KV cache rows of no
+/// width are rejected with a message naming them, never a panic; RoPE needs an even head_dim.
+#[test]
+fn head_shapes_are_checked() {
+    let base: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string("fixtures/bitnet-latent/config.json").expect("fixture config"),
+    )
+    .expect("json");
+    assert!(bitnet::model::ModelConfig::from_hf(&base).is_ok());
+    for (key, bad, says) in [
+        ("head_dim", 3, "head_dim 3"),
+        ("hidden_size", 0, "positive integer \"hidden_size\""),
+        (
+            "num_attention_heads",
+            0,
+            "positive integer \"num_attention_heads\"",
+        ),
+    ] {
+        let mut c = base.clone();
+        c[key] = json!(bad);
+        if key == "hidden_size" {
+            c.as_object_mut().expect("object").remove("head_dim");
+        }
+        let e = bitnet::model::ModelConfig::from_hf(&c).expect_err("bad config accepted");
+        assert!(e.contains(says), "{key} {bad}: {e}");
+    }
+}

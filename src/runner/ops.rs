@@ -172,7 +172,7 @@ impl KvCache {
     /// Appends positions given as rows of `[heads · head_dim]` (the projection's layout).
     pub fn push(&mut self, rows: &[f32]) {
         let (hd, width) = (self.hd, self.heads * self.hd);
-        let t = rows.len() / width;
+        let t = rows.len().checked_div(width).unwrap_or(0);
         if self.len + t > self.cap {
             let cap = (self.len + t).next_power_of_two().max(64);
             let mut data = vec![0f32; self.heads * cap * hd];
