@@ -110,12 +110,14 @@ impl AtomicFile {
             builder.permissions(std::fs::Permissions::from_mode(0o644));
         }
         install_interrupt_handler();
+        // created under the lock, so an interrupt that lands in between still sees (and removes)
+        // the new file: the handler runs on its own thread and waits for the lock
+        let mut pending = PENDING.lock().unwrap_or_else(|e| e.into_inner());
         let tmp = builder
             .tempfile_in(&parent)
             .map_err(|e| write_error(dest, e))?;
-        if let Ok(mut p) = PENDING.lock() {
-            p.push(tmp.path().to_path_buf());
-        }
+        pending.push(tmp.path().to_path_buf());
+        drop(pending);
         Ok(AtomicFile {
             tmp,
             dest: dest.to_path_buf(),
@@ -138,15 +140,18 @@ impl AtomicFile {
             .as_file()
             .sync_all()
             .map_err(|e| write_error(&dest, e))?;
-        // (an output dropped on an error path stays listed; removing a missing file is harmless)
-        if let Ok(mut p) = PENDING.lock() {
-            p.retain(|f| f != self.tmp.path());
-        }
+        // Under the lock: an interrupt now either removes the temporary file before the rename or
+        // comes after it, never between. (An output dropped on an error path stays listed;
+        // removing a missing file is harmless.)
+        let mut pending = PENDING.lock().unwrap_or_else(|e| e.into_inner());
+        let path = self.tmp.path().to_path_buf();
         let res = if self.force {
             self.tmp.persist(&dest)
         } else {
             self.tmp.persist_noclobber(&dest)
         };
+        pending.retain(|f| *f != path);
+        drop(pending);
         res.map(|_| ()).map_err(|e| write_error(&dest, e.error))
     }
 }

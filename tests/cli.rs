@@ -608,15 +608,25 @@ fn interrupted_pack_never_leaves_a_partial_output() {
     }
     // interrupted politely: exit 130 and nothing of its own left behind (it may also have
     // removed the killed runs' files)
-    let child = std::process::Command::new(&bin)
+    let mut child = std::process::Command::new(&bin)
         .arg(&m)
         .arg(&out)
         .arg("--quiet")
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(80));
+    // SIGINT only once the handler is in place (it is installed before the temporary file is
+    // created): earlier, the default action kills the process with nothing to clean up, which a
+    // loaded CI machine can hit with any fixed delay
     let pid = child.id();
+    let own = format!(".m.bnet.{}.", pid);
+    let started = std::time::Instant::now();
+    while !leftovers(&outdir).iter().any(|n| n.starts_with(&own))
+        && matches!(child.try_wait(), Ok(None))
+        && started.elapsed() < std::time::Duration::from_secs(60)
+    {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
     signal(pid, "-INT");
     let o = child.wait_with_output().unwrap();
     if o.status.code() == Some(130) {
@@ -626,7 +636,6 @@ fn interrupted_pack_never_leaves_a_partial_output() {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         std::fs::remove_file(&out).unwrap();
     }
-    let own = format!(".m.bnet.{}.", pid);
     assert!(
         !leftovers(&outdir).iter().any(|n| n.starts_with(&own)),
         "SIGINT left a temporary file"
