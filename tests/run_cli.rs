@@ -93,6 +93,28 @@ fn verify_exit_codes() {
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("BITNET_KERNEL=\"sse9\" is not a kernel path")
     );
+    // a real path this CPU lacks (avx512 on most machines): a clear error, never a crash or a
+    // silent fallback
+    for name in bitnet::kernels::Kernel::names() {
+        if bitnet::kernels::Kernel::named(name).is_some() {
+            continue;
+        }
+        for bin in ["bitnet-verify", "bitnet-run"] {
+            let o = Command::cargo_bin(bin)
+                .unwrap()
+                .env("BITNET_KERNEL", name)
+                .arg(&m)
+                .args(["--ids", "0"])
+                .output()
+                .unwrap();
+            assert_eq!(o.status.code(), Some(2), "{bin} {name}");
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(
+                err.contains(&format!("this CPU cannot run the {name} path")),
+                "{err}"
+            );
+        }
+    }
     let o = Command::cargo_bin("bitnet-verify")
         .unwrap()
         .arg(tmp.path().join("nope.bnet"))

@@ -14,32 +14,38 @@ pub mod x86;
 
 use std::sync::OnceLock;
 
-/// A kernel path.
+/// A kernel path this CPU can run. The path is private: a `Kernel` only comes from
+/// [`Kernel::scalar`], [`Kernel::selected`] or [`Kernel::all_available`], which check the CPU, so
+/// the safe dispatch methods below never reach an instruction the CPU lacks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kernel {
+pub struct Kernel(Path);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Path {
     Scalar,
     Avx2,
     Avx512,
 }
 
-impl Kernel {
-    pub fn name(self) -> &'static str {
-        match self {
-            Kernel::Scalar => "scalar",
-            Kernel::Avx2 => "avx2",
-            Kernel::Avx512 => "avx512",
-        }
-    }
+/// Every path, best last, with its name for `BITNET_KERNEL`.
+const PATHS: [(Path, &str); 3] = [
+    (Path::Scalar, "scalar"),
+    (Path::Avx2, "avx2"),
+    (Path::Avx512, "avx512"),
+];
 
-    /// Whether this CPU can run the path.
-    pub fn available(self) -> bool {
+impl Path {
+    /// Whether this CPU can run the path. AVX-512 also needs AVX2: the B1 and float dots run
+    /// their AVX2 code under it.
+    fn available(self) -> bool {
         match self {
-            Kernel::Scalar => true,
+            Path::Scalar => true,
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => std::arch::is_x86_feature_detected!("avx2"),
+            Path::Avx2 => std::arch::is_x86_feature_detected!("avx2"),
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512 => {
-                std::arch::is_x86_feature_detected!("avx512f")
+            Path::Avx512 => {
+                std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("avx512f")
                     && std::arch::is_x86_feature_detected!("avx512bw")
                     && std::arch::is_x86_feature_detected!("avx512vnni")
             }
@@ -47,12 +53,41 @@ impl Kernel {
             _ => false,
         }
     }
+}
+
+impl Kernel {
+    /// The portable path, on every CPU.
+    pub fn scalar() -> Kernel {
+        Kernel(Path::Scalar)
+    }
+
+    pub fn name(self) -> &'static str {
+        PATHS
+            .iter()
+            .find(|(p, _)| *p == self.0)
+            .expect("every path")
+            .1
+    }
+
+    /// Every path name, available here or not, best last.
+    pub fn names() -> [&'static str; 3] {
+        PATHS.map(|(_, n)| n)
+    }
+
+    /// The path called `name`, if it exists and this CPU can run it.
+    pub fn named(name: &str) -> Option<Kernel> {
+        PATHS
+            .iter()
+            .find(|(p, n)| *n == name && p.available())
+            .map(|(p, _)| Kernel(*p))
+    }
 
     /// Every path this CPU can run, best last.
     pub fn all_available() -> Vec<Kernel> {
-        [Kernel::Scalar, Kernel::Avx2, Kernel::Avx512]
-            .into_iter()
-            .filter(|k| k.available())
+        PATHS
+            .iter()
+            .filter(|(p, _)| p.available())
+            .map(|(p, _)| Kernel(*p))
             .collect()
     }
 
@@ -60,27 +95,18 @@ impl Kernel {
     /// an error, never a silent fallback), else the best the CPU supports.
     pub fn selected() -> Result<Kernel, String> {
         static SEL: OnceLock<Result<Kernel, String>> = OnceLock::new();
-        SEL.get_or_init(|| match std::env::var("BITNET_KERNEL") {
-            Ok(v) => {
-                let k = match v.as_str() {
-                    "scalar" => Kernel::Scalar,
-                    "avx2" => Kernel::Avx2,
-                    "avx512" => Kernel::Avx512,
-                    other => {
-                        return Err(format!(
-                        "BITNET_KERNEL={other:?} is not a kernel path; use scalar, avx2 or avx512"
-                    ))
-                    }
-                };
-                if k.available() {
-                    Ok(k)
-                } else {
-                    Err(format!(
-                        "BITNET_KERNEL={v}: this CPU cannot run the {v} path"
-                    ))
+        SEL.get_or_init(|| match std::env::var_os("BITNET_KERNEL") {
+            Some(v) => {
+                let v = v.to_string_lossy();
+                if !Kernel::names().contains(&v.as_ref()) {
+                    return Err(format!(
+                        "BITNET_KERNEL={v:?} is not a kernel path; use scalar, avx2 or avx512"
+                    ));
                 }
+                Kernel::named(&v)
+                    .ok_or_else(|| format!("BITNET_KERNEL={v}: this CPU cannot run the {v} path"))
             }
-            Err(_) => Ok(*Kernel::all_available().last().expect("scalar always")),
+            None => Ok(*Kernel::all_available().last().expect("scalar always")),
         })
         .clone()
     }
@@ -90,14 +116,14 @@ impl Kernel {
     #[inline]
     pub fn dot_t2_offset(self, row: &[u8], act: &[i8]) -> i32 {
         debug_assert_eq!(row.len() * 4, act.len());
-        match self {
-            Kernel::Scalar => scalar::dot_t2_offset(row, act),
+        match self.0 {
+            Path::Scalar => scalar::dot_t2_offset(row, act),
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: `available()` was checked when the kernel was selected.
-            Kernel::Avx2 => unsafe { x86::dot_t2_offset_avx2(row, act) },
+            // SAFETY: a `Kernel` holding this path exists only if the CPU has it.
+            Path::Avx2 => unsafe { x86::dot_t2_offset_avx2(row, act) },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above.
-            Kernel::Avx512 => unsafe { x86::dot_t2_offset_avx512(row, act) },
+            Path::Avx512 => unsafe { x86::dot_t2_offset_avx512(row, act) },
             #[cfg(not(target_arch = "x86_64"))]
             _ => scalar::dot_t2_offset(row, act),
         }
@@ -106,14 +132,16 @@ impl Kernel {
     /// `dot_t2_offset` of one row against four activation vectors at once.
     #[inline]
     pub fn dot_t2_offset_x4(self, row: &[u8], act: [&[i8]; 4]) -> [i32; 4] {
-        debug_assert!(act.iter().all(|a| a.len() == row.len() * 4));
-        match self {
+        // the SIMD versions index `act` by `row`'s blocks: a short vector would be read past
+        // its end (one check per row, not per block)
+        assert!(act.iter().all(|a| a.len() == row.len() * 4));
+        match self.0 {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: `available()` was checked when the kernel was selected.
-            Kernel::Avx2 => unsafe { x86::dot_t2_offset_x4_avx2(row, act) },
+            // SAFETY: a `Kernel` holding this path exists only if the CPU has it.
+            Path::Avx2 => unsafe { x86::dot_t2_offset_x4_avx2(row, act) },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above.
-            Kernel::Avx512 => unsafe { x86::dot_t2_offset_x4_avx512(row, act) },
+            Path::Avx512 => unsafe { x86::dot_t2_offset_x4_avx512(row, act) },
             _ => act.map(|a| scalar::dot_t2_offset(row, a)),
         }
     }
@@ -123,7 +151,7 @@ impl Kernel {
     #[inline]
     pub fn float_simd(self) -> bool {
         #[cfg(target_arch = "x86_64")]
-        return self != Kernel::Scalar
+        return self.0 != Path::Scalar
             && std::arch::is_x86_feature_detected!("f16c")
             && std::arch::is_x86_feature_detected!("fma");
         #[cfg(not(target_arch = "x86_64"))]
@@ -145,10 +173,10 @@ impl Kernel {
     #[inline]
     pub fn dot_b1_ones(self, row: &[u8], act: &[i8]) -> i32 {
         debug_assert_eq!(row.len() * 8, act.len());
-        match self {
+        match self.0 {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: `available()` was checked when the kernel was selected.
-            Kernel::Avx2 | Kernel::Avx512 => unsafe { x86::dot_b1_ones_avx2(row, act) },
+            // SAFETY: a `Kernel` holding this path exists only if the CPU has it.
+            Path::Avx2 | Path::Avx512 => unsafe { x86::dot_b1_ones_avx2(row, act) },
             _ => scalar::dot_b1_ones(row, act),
         }
     }
