@@ -174,7 +174,7 @@ impl<'w, 'a> Session<'w, 'a> {
         let n = w.layers.len();
         let (nkv, hd) = (w.cfg.num_key_value_heads as usize, w.cfg.head_dim as usize);
         Session {
-            inv_freq: rope_inv_freq(w.cfg.rope_theta, w.cfg.head_dim as usize),
+            inv_freq: rope_inv_freq(w.cfg.rope_theta, hd),
             w,
             kern,
             k_cache: (0..n).map(|_| RwLock::new(KvCache::new(nkv, hd))).collect(),
