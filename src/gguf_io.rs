@@ -133,9 +133,7 @@ pub fn export<W: Write>(
     ty: TernaryType,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<(W, ExportReport)> {
-    let cfg: ModelConfig =
-        serde_json::from_value(f.index.meta.get("model").cloned().unwrap_or_default())
-            .map_err(|e| Error::format(format!("the container's model config is invalid: {e}")))?;
+    let cfg = ModelConfig::from_container(&f.index.meta)?;
     if !cfg.rope_scaling.is_null() {
         return Err(Error::Usage(format!(
             "cannot export to GGUF: rope_scaling {} is not supported yet",
@@ -645,11 +643,6 @@ fn import_config(g: &Gguf, opts: &ImportOptions) -> Result<ModelConfig> {
     let kv_heads = key("attention.head_count_kv")
         .and_then(Value::as_u64)
         .unwrap_or(heads);
-    if kv_heads == 0 || heads % kv_heads != 0 || head_dim % 2 != 0 || head_dim == 0 {
-        return Err(Error::gguf(format!(
-            "{heads} attention heads over {kv_heads} KV heads of size {head_dim}: heads must be a multiple of KV heads and the head size even"
-        )));
-    }
     if let Some(r) = key("rope.dimension_count").and_then(Value::as_u64) {
         if r != head_dim {
             return Err(Error::gguf(format!(
@@ -702,13 +695,7 @@ fn import_config(g: &Gguf, opts: &ImportOptions) -> Result<ModelConfig> {
         eos_token_id: tok("eos_token_id").into_iter().collect(),
         linear_class: LinearClass::AutoBitLinear,
     };
-    if cfg.num_hidden_layers > 4096
-        || cfg.hidden_size > 1 << 20
-        || cfg.vocab_size > 1 << 24
-        || cfg.num_key_value_heads == 0
-    {
-        return Err(Error::gguf("model dimensions are implausible"));
-    }
+    cfg.check().map_err(Error::gguf)?;
     Ok(cfg)
 }
 

@@ -208,11 +208,6 @@ impl ModelConfig {
             .get("num_key_value_heads")
             .and_then(Value::as_u64)
             .unwrap_or(num_attention_heads);
-        if num_key_value_heads == 0 || num_attention_heads % num_key_value_heads != 0 {
-            return Err(format!(
-                "num_attention_heads {num_attention_heads} is not a multiple of num_key_value_heads {num_key_value_heads}"
-            ));
-        }
         let head_dim =
             match raw.get("head_dim").and_then(Value::as_u64) {
                 Some(d) if d > 0 => d,
@@ -222,9 +217,6 @@ impl ModelConfig {
                         .into(),
                 ),
             };
-        if head_dim % 2 != 0 {
-            return Err(format!("head_dim {head_dim} must be even for RoPE"));
-        }
         let rope_params = raw.get("rope_parameters");
         let rope_theta = raw
             .get("rope_theta")
@@ -272,28 +264,75 @@ impl ModelConfig {
             eos_token_id: token_ids(raw.get("eos_token_id")),
             linear_class,
         };
+        cfg.check()?;
+        Ok((cfg, hint))
+    }
+
+    /// The `model` entry of a `.bnet` container's metadata (formats/bnet.md §7), checked like
+    /// any other source: valid checksums only say the file is as its writer made it.
+    pub fn from_container(meta: &Value) -> crate::Result<ModelConfig> {
+        let cfg: ModelConfig =
+            serde_json::from_value(meta.get("model").cloned().unwrap_or_default()).map_err(|e| {
+                crate::Error::format(format!(
+                    "the container's model configuration is unusable ({e}); re-pack the model with this version of bitnet-pack"
+                ))
+            })?;
+        cfg.check().map_err(|e| {
+            crate::Error::format(format!(
+                "the container's model configuration is invalid: {e}; re-pack the model with bitnet-pack"
+            ))
+        })?;
+        Ok(cfg)
+    }
+
+    /// The rules every configuration obeys, wherever it comes from (config.json, a GGUF file, a
+    /// `.bnet` container, whose checksums say nothing about whether its writer was honest):
+    /// each one keeps the runner from dividing by zero, indexing out of bounds or computing
+    /// plausible garbage (an odd head size silently skips half a rotation; a zero or negative
+    /// epsilon or RoPE base turns logits into NaN).
+    pub fn check(&self) -> Result<(), String> {
         // caps far above any real model; they also keep every dimension inside the u32 that
         // GGUF stores it in (gguf_io's `as u32` relies on this)
         for (name, v, cap) in [
-            ("num_hidden_layers", cfg.num_hidden_layers, 4096),
-            ("hidden_size", cfg.hidden_size, 1 << 20),
-            ("vocab_size", cfg.vocab_size, 1 << 24),
-            ("intermediate_size", cfg.intermediate_size, 1 << 24),
-            ("num_attention_heads", cfg.num_attention_heads, 1 << 16),
-            ("head_dim", cfg.head_dim, 1 << 16),
+            ("num_hidden_layers", self.num_hidden_layers, 4096),
+            ("hidden_size", self.hidden_size, 1 << 20),
+            ("vocab_size", self.vocab_size, 1 << 24),
+            ("intermediate_size", self.intermediate_size, 1 << 24),
+            ("num_attention_heads", self.num_attention_heads, 1 << 16),
+            ("head_dim", self.head_dim, 1 << 16),
             (
                 "max_position_embeddings",
-                cfg.max_position_embeddings,
+                self.max_position_embeddings,
                 u32::MAX as u64,
             ),
         ] {
+            if v == 0 {
+                return Err(format!("{name} must be positive"));
+            }
             if v > cap {
                 return Err(format!(
                     "model dimensions are implausibly large: {name} {v} exceeds {cap}"
                 ));
             }
         }
-        Ok((cfg, hint))
+        let (heads, kv) = (self.num_attention_heads, self.num_key_value_heads);
+        if kv == 0 || heads % kv != 0 {
+            return Err(format!(
+                "num_attention_heads {heads} is not a multiple of num_key_value_heads {kv}"
+            ));
+        }
+        if !self.head_dim.is_multiple_of(2) {
+            return Err(format!("head_dim {} must be even for RoPE", self.head_dim));
+        }
+        for (name, v) in [
+            ("rms_norm_eps", self.rms_norm_eps),
+            ("rope_theta", self.rope_theta),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(format!("{name} {v} must be a positive number"));
+            }
+        }
+        Ok(())
     }
 
     /// Every tensor a checkpoint of this config must have: canonical name, shape, role.

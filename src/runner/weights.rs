@@ -139,14 +139,7 @@ fn missing(name: &str) -> Error {
 
 impl<'a> Weights<'a> {
     pub fn load(f: &'a BnetFile) -> Result<Weights<'a>> {
-        let cfg: ModelConfig = serde_json::from_value(
-            f.index.meta.get("model").cloned().unwrap_or_default(),
-        )
-        .map_err(|e| {
-            Error::format(format!(
-                "the container's model configuration is unusable ({e}); re-pack the model with this version of bitnet-pack"
-            ))
-        })?;
+        let cfg = ModelConfig::from_container(&f.index.meta)?;
         if !cfg.rope_scaling.is_null() {
             return Err(Error::Usage(format!(
                 "RoPE scaling {} is not supported by the runner yet",
