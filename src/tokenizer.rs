@@ -68,6 +68,26 @@ impl Tokenizer {
     }
 }
 
+/// Instructions a chat template may execute per render (minijinja fuel).
+const FUEL: u64 = 1_000_000;
+
+/// The prompt as a user message in the container's chat template, tokenized without adding
+/// special tokens (the template writes them), as transformers' `apply_chat_template` does.
+pub fn chat_prompt_ids(f: &BnetFile, tok: &Result<Tokenizer>, prompt: &str) -> Result<Vec<u32>> {
+    if prompt.is_empty() {
+        return Err(Error::Usage(
+            "the prompt is empty: give some text with --prompt".into(),
+        ));
+    }
+    let tok = tok.as_ref().map_err(|e| Error::Usage(e.to_string()))?;
+    let tpl = ChatTemplate::from_container(f)?.ok_or_else(|| {
+        Error::Usage(
+            "this model has no chat template (no chat_template.jinja, and none in tokenizer_config.json): run without --chat and write the prompt format yourself".into(),
+        )
+    })?;
+    tok.encode_raw(&tpl.render(&[("user", prompt)], true)?)
+}
+
 /// The model's chat template: `chat_template.jinja`, or `chat_template` in
 /// `tokenizer_config.json`, rendered with minijinja the way transformers renders it.
 pub struct ChatTemplate {
@@ -121,6 +141,15 @@ impl ChatTemplate {
         }))
     }
 
+    /// A template from its source, without BOS/EOS texts (for tests and tools).
+    pub fn new(source: &str) -> ChatTemplate {
+        ChatTemplate {
+            source: source.to_string(),
+            bos: String::new(),
+            eos: String::new(),
+        }
+    }
+
     /// The template text.
     pub fn source(&self) -> &str {
         &self.source
@@ -130,6 +159,8 @@ impl ChatTemplate {
     /// `add_generation_prompt`.
     pub fn render(&self, messages: &[(&str, &str)], add_generation_prompt: bool) -> Result<String> {
         let mut env = minijinja::Environment::new();
+        // a template is untrusted input: real ones render in a few thousand steps
+        env.set_fuel(Some(FUEL));
         env.add_function(
             "raise_exception",
             |msg: String| -> std::result::Result<String, minijinja::Error> {

@@ -394,6 +394,78 @@ fn chat_template_renders_and_runs() {
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(!o.stdout.is_empty());
+    // the model really sees the templated ids: one logits row per templated token, not per
+    // plain-prompt token
+    let plain = tok.encode("Who made the heaven?").unwrap();
+    assert_ne!(plain.len(), ids.len());
+    let dump = tmp.path().join("chat-logits.safetensors");
+    let o = Command::cargo_bin("bitnet-run")
+        .unwrap()
+        .arg(&m)
+        .args([
+            "--prompt",
+            "Who made the heaven?",
+            "--chat",
+            "--dump-logits",
+        ])
+        .arg(&dump)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let bytes = std::fs::read(&dump).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(st.tensor("logits").unwrap().shape()[0], ids.len());
+    // --chat needs a prompt (not ids) and a model with a template
+    let o = Command::cargo_bin("bitnet-run")
+        .unwrap()
+        .arg(&m)
+        .args(["--ids", "1,2", "--chat"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--chat wraps --prompt"));
+    // the same model without a template in its tokenizer_config.json
+    let dir = tmp.path().join("no-template");
+    std::fs::create_dir(&dir).unwrap();
+    for e in std::fs::read_dir(fixture("bitnet-latent")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
+    }
+    let tc = dir.join("tokenizer_config.json");
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&tc).unwrap()).unwrap();
+    v.as_object_mut().unwrap().remove("chat_template").unwrap();
+    std::fs::write(&tc, serde_json::to_vec(&v).unwrap()).unwrap();
+    let bare = tmp.path().join("bare.bnet");
+    Command::cargo_bin("bitnet-pack")
+        .unwrap()
+        .arg(&dir)
+        .arg(&bare)
+        .arg("--quiet")
+        .assert()
+        .success();
+    let o = Command::cargo_bin("bitnet-run")
+        .unwrap()
+        .arg(&bare)
+        .args(["--prompt", "hi", "--chat"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no chat template"));
+}
+
+/// A chat template is untrusted input: one that would loop for ages runs out of fuel instead.
+#[test]
+fn runaway_chat_template_is_stopped() {
+    let t = bitnet::tokenizer::ChatTemplate::new(
+        "{% for a in range(100000) %}{% for b in range(100000) %}x{% endfor %}{% endfor %}",
+    );
+    let e = t
+        .render(&[("user", "hi")], true)
+        .expect_err("must not render");
+    assert!(
+        e.to_string().contains("chat template cannot be rendered"),
+        "{e}"
+    );
 }
 
 /// `--bench --json` reports the bytes a decode step streams (every packed projection plus the

@@ -177,8 +177,16 @@ fn run(a: Args) -> Result<()> {
         return Ok(());
     }
 
-    let Some(prompt) = bitnet::tokenizer::prompt_ids(a.ids.as_deref(), a.prompt.as_deref(), &tok)?
-    else {
+    let prompt = match (a.chat, a.prompt.as_deref()) {
+        (true, Some(p)) if a.ids.is_none() => {
+            Some(bitnet::tokenizer::chat_prompt_ids(&f, &tok, p)?)
+        }
+        (true, _) => {
+            bail!("--chat wraps --prompt TEXT in the chat template: give --prompt (not --ids)")
+        }
+        (false, _) => bitnet::tokenizer::prompt_ids(a.ids.as_deref(), a.prompt.as_deref(), &tok)?,
+    };
+    let Some(prompt) = prompt else {
         bail!("nothing to run: give --prompt TEXT, --ids, --ppl FILE or --bench");
     };
     bitnet::runner::check_ids(&w.cfg, &prompt)?;
@@ -234,10 +242,13 @@ fn run(a: Args) -> Result<()> {
         match &tok {
             Ok(k) => {
                 let text = k.decode(&out_ids)?;
-                // print only complete characters; a token may end inside a UTF-8 sequence
-                if !text.ends_with('\u{FFFD}') && text.len() >= printed {
-                    write!(stdout, "{}", &text[printed..])?;
-                    printed = text.len();
+                // print only complete characters (a token may end inside a UTF-8 sequence), and
+                // only text that extends what was printed: a decoder may rewrite earlier text
+                if !text.ends_with('\u{FFFD}') {
+                    if let Some(new) = text.get(printed..) {
+                        write!(stdout, "{new}")?;
+                        printed = text.len();
+                    }
                 }
             }
             Err(_) => write!(stdout, "{t} ")?,
