@@ -324,6 +324,19 @@ impl ModelConfig {
         if !self.head_dim.is_multiple_of(2) {
             return Err(format!("head_dim {} must be even for RoPE", self.head_dim));
         }
+        for (name, id) in self
+            .bos_token_id
+            .iter()
+            .map(|&t| ("bos_token_id", t))
+            .chain(self.eos_token_id.iter().map(|&t| ("eos_token_id", t)))
+        {
+            if id >= self.vocab_size {
+                return Err(format!(
+                    "{name} {id} is outside the vocabulary (vocab_size {})",
+                    self.vocab_size
+                ));
+            }
+        }
         for (name, v) in [
             ("rms_norm_eps", self.rms_norm_eps),
             ("rope_theta", self.rope_theta),

@@ -13,9 +13,15 @@ impl Tokenizer {
                 "this container has no tokenizer.json: pass token ids with --ids, or re-pack the model with --tokenizer FILE".into(),
             )
         })?;
-        tokenizers::Tokenizer::from_bytes(f.data(e))
-            .map(Tokenizer)
-            .map_err(|e| Error::format(format!("the stored tokenizer.json does not load: {e}")))
+        let bytes = f.data(e);
+        let mut t = guarded("loading", || tokenizers::Tokenizer::from_bytes(bytes))?
+            .map_err(|e| Error::format(format!("the stored tokenizer.json does not load: {e}")))?;
+        // as transformers does for a plain call: no padding, no truncation (a file's own
+        // settings could also pad every prompt to 2^40 tokens)
+        t.with_padding(None);
+        t.with_truncation(None)
+            .map_err(|e| Error::format(format!("the stored tokenizer.json does not load: {e}")))?;
+        Ok(Tokenizer(t))
     }
 
     /// Token ids of `text`, with the tokenizer's own special tokens (e.g. BOS) added.
@@ -25,18 +31,30 @@ impl Tokenizer {
                 "the prompt is empty: give some text with --prompt".into(),
             ));
         }
-        let enc = self
-            .0
-            .encode(text, true)
-            .map_err(|e| Error::Usage(format!("cannot tokenize the prompt: {e}")))?;
-        Ok(enc.get_ids().to_vec())
+        self.encode_with(text, true)
     }
 
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.0
-            .decode(ids, true)
+        guarded("decoding", || self.0.decode(ids, true))?
             .map_err(|e| Error::Usage(format!("cannot decode tokens: {e}")))
     }
+
+    fn encode_with(&self, text: &str, special: bool) -> Result<Vec<u32>> {
+        let enc = guarded("tokenizing", || self.0.encode(text, special))?
+            .map_err(|e| Error::Usage(format!("cannot tokenize the prompt: {e}")))?;
+        Ok(enc.get_ids().to_vec())
+    }
+}
+
+/// Runs a `tokenizers` call on the stored tokenizer.json, which is untrusted input: the library
+/// panics on some malformed files (a short precompiled charsmap, a template naming a missing
+/// special token, ...). A panic becomes an error; its message still reaches stderr first.
+fn guarded<T>(what: &str, f: impl FnOnce() -> T) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|_| {
+        Error::format(format!(
+            "the stored tokenizer.json is malformed: the tokenizer failed while {what}; re-pack the model with a working tokenizer.json (or pass token ids with --ids)"
+        ))
+    })
 }
 
 /// The token ids to run: `--ids` as given, or `--prompt` through the container's tokenizer
@@ -60,11 +78,7 @@ impl Tokenizer {
     /// Token ids of already templated text: no special tokens are added (the chat template
     /// writes them itself), as transformers' `apply_chat_template(tokenize=True)` does.
     pub fn encode_raw(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self
-            .0
-            .encode(text, false)
-            .map_err(|e| Error::Usage(format!("cannot tokenize the prompt: {e}")))?;
-        Ok(enc.get_ids().to_vec())
+        self.encode_with(text, false)
     }
 }
 

@@ -135,7 +135,14 @@ fn run(a: Args) -> Result<()> {
         let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
         let tok = tok.map_err(|e| anyhow::anyhow!("{e}"))?;
         let ids = tok.encode(&text)?;
+        bitnet::runner::check_ids(&w.cfg, &ids)?;
         let win = a.ctx.min(ctx);
+        if win < 2 {
+            bail!(
+                "perplexity needs windows of at least 2 tokens (--ctx {}, model context {ctx})",
+                a.ctx
+            );
+        }
         if ids.len() < 2 {
             bail!(
                 "{}: too little text for perplexity (need at least 2 tokens)",
@@ -157,6 +164,9 @@ fn run(a: Args) -> Result<()> {
                     .map(|(p, &t)| nll(p, t))
                     .sum::<f64>();
             }
+        }
+        if !sum.is_finite() {
+            bail!("the model's logits are NaN or infinite on this text: its weights are damaged (bitnet-inspect --verify, then re-pack)");
         }
         let ppl = (sum / n as f64).exp();
         let ppl_ref = a.ppl_reference.then(|| (sum_ref / n as f64).exp());
@@ -234,6 +244,9 @@ fn run(a: Args) -> Result<()> {
     let mut stdout = std::io::stdout().lock();
     let eos = &w.cfg.eos_token_id;
     for i in 0..n {
+        if !last.iter().all(|v| v.is_finite()) {
+            bail!("the model's logits are NaN or infinite: its weights are damaged (bitnet-inspect --verify, then re-pack)");
+        }
         let t = sampler.next(&last);
         if eos.contains(&(t as u64)) {
             break;

@@ -150,7 +150,10 @@ fn run(a: Args) -> Result<u8> {
         None => true,
         Some(i) => ref_margins[i] <= 2.0 * a.max_delta,
     };
-    let pass = sum.max_abs_delta <= a.max_delta && sum.kl_mean <= a.max_kl && greedy_ok;
+    let pass = sum.non_finite_positions == 0
+        && sum.max_abs_delta <= a.max_delta
+        && sum.kl_mean <= a.max_kl
+        && greedy_ok;
     let text = |t: &[u32]| {
         tok.as_ref()
             .ok()
@@ -204,6 +207,12 @@ fn run(a: Args) -> Result<u8> {
             "logits    max |delta| {:.3e}, KL mean {:.3e} / p99 {:.3e} / max {:.3e} nats, top-1 agreement {:.1}%, top-5 overlap {:.1}%, RMS delta-p {:.3e}",
             sum.max_abs_delta, sum.kl_mean, sum.kl_p99, sum.kl_max, 100.0 * sum.top1_agreement, 100.0 * sum.top5_overlap, sum.rms_delta_p
         );
+        if sum.non_finite_positions > 0 {
+            println!(
+                "logits    NaN or infinite at {} of {} positions (in the reference, the fast path or both): the model's weights are damaged or a kernel is wrong",
+                sum.non_finite_positions, sum.positions
+            );
+        }
         match diverge {
             None => println!("greedy    identical for {} tokens: {:?}", a.tokens, text(ref_greedy)),
             Some(i) => println!(
@@ -214,7 +223,7 @@ fn run(a: Args) -> Result<u8> {
             ),
         }
         println!(
-            "verdict   {} (max |delta| <= {}, KL mean <= {:e}, greedy identical except at near-ties)",
+            "verdict   {} (finite logits, max |delta| <= {}, KL mean <= {:e}, greedy identical except at near-ties)",
             if pass { "PASS" } else { "FAIL" },
             a.max_delta,
             a.max_kl

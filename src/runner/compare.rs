@@ -15,6 +15,18 @@ pub struct Position {
     pub rms_delta_p: f64,
     /// Reference top-1 minus top-2 logit.
     pub ref_margin: f32,
+    /// Every logit of both is a finite number (NaN or ±inf: damaged weights or a wrong kernel,
+    /// which must never pass as "no difference").
+    pub finite: bool,
+}
+
+/// The larger of two values, NaN if either is NaN (`f32::max` would drop a NaN).
+fn max_nan(a: f32, b: f32) -> f32 {
+    if a.is_nan() || b.is_nan() {
+        f32::NAN
+    } else {
+        a.max(b)
+    }
 }
 
 fn probs(x: &[f32]) -> Vec<f64> {
@@ -48,8 +60,9 @@ pub fn compare(a: &[f32], b: &[f32]) -> Position {
         .zip(&pb)
         .filter(|(p, _)| **p > 0.0)
         .map(|(p, q)| p * (p / q.max(1e-300)).ln())
-        .sum::<f64>()
-        .max(0.0);
+        .sum::<f64>();
+    // rounding can make a zero KL slightly negative; a NaN stays NaN
+    let kl = if kl < 0.0 { 0.0 } else { kl };
     let rms = (pa
         .iter()
         .zip(&pb)
@@ -63,7 +76,7 @@ pub fn compare(a: &[f32], b: &[f32]) -> Position {
             .iter()
             .zip(b)
             .map(|(x, y)| (x - y).abs())
-            .fold(0.0, f32::max),
+            .fold(0.0, max_nan),
         kl,
         top1_agree: ta[0] == tb[0],
         top5_overlap: ta.iter().filter(|i| tb.contains(i)).count() as f64 / ta.len() as f64,
@@ -73,6 +86,7 @@ pub fn compare(a: &[f32], b: &[f32]) -> Position {
         } else {
             f32::INFINITY
         },
+        finite: a.iter().chain(b).all(|v| v.is_finite()),
     }
 }
 
@@ -87,6 +101,8 @@ pub struct Summary {
     pub top1_agreement: f64,
     pub top5_overlap: f64,
     pub rms_delta_p: f64,
+    /// Positions where either side has a NaN or infinite logit.
+    pub non_finite_positions: usize,
 }
 
 pub fn summarize(p: &[Position]) -> Summary {
@@ -99,12 +115,13 @@ pub fn summarize(p: &[Position]) -> Summary {
         .unwrap_or(0.0);
     Summary {
         positions: p.len(),
-        max_abs_delta: p.iter().map(|x| x.max_abs_delta).fold(0.0, f32::max),
+        max_abs_delta: p.iter().map(|x| x.max_abs_delta).fold(0.0, max_nan),
         kl_mean: kls.iter().sum::<f64>() / n,
         kl_max: kls.last().copied().unwrap_or(0.0),
         kl_p99: p99,
         top1_agreement: p.iter().filter(|x| x.top1_agree).count() as f64 / n,
         top5_overlap: p.iter().map(|x| x.top5_overlap).sum::<f64>() / n,
         rms_delta_p: p.iter().map(|x| x.rms_delta_p).sum::<f64>() / n,
+        non_finite_positions: p.iter().filter(|x| !x.finite).count(),
     }
 }
