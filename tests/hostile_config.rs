@@ -170,6 +170,18 @@ fn damaged_contents_are_errors_not_crashes() {
     });
     let (code, err) = run("bitnet-verify", &nan_norm, &["--ids", "1,2,3"]);
     assert_eq!(code, Some(1), "{err}");
+    let o = assert_cmd::Command::cargo_bin("bitnet-inspect")
+        .unwrap()
+        .arg(&nan_norm)
+        .arg("--verify")
+        .output()
+        .unwrap();
+    let all = String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains("model.norm.weight: element 0 is NaN or infinite"),
+        "{all}"
+    );
     let (code, err) = run("bitnet-run", &nan_norm, &["--ids", "1,2,3", "-n", "3"]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("NaN or infinite"), "{err}");

@@ -791,6 +791,19 @@ pub fn verify(index: &Index, bytes: &[u8]) -> VerifyReport {
             )
         })
         .collect();
+    // NaN or infinity in float data (norms, embeddings, int8 row scales): checksums cannot tell
+    // a damaged value its writer stored from a good one
+    problems.extend(
+        index
+            .entries
+            .par_iter()
+            .filter_map(|e| {
+                let f = crate::quant::Float::from_dtype(e.dtype)?;
+                let i = crate::quant::first_non_finite(f, index.data(bytes, e))?;
+                Some(format!("{}: element {i} is NaN or infinite", e.name))
+            })
+            .collect::<Vec<_>>(),
+    );
     for e in index.entries.iter().filter(|e| e.dtype == DType::Q4) {
         if let Some(r) = crate::quant::q4_first_bad_row(index.data(bytes, e), e.rows_cols().1) {
             problems.push(format!(
