@@ -14,6 +14,9 @@ impl Tokenizer {
             )
         })?;
         let bytes = f.data(e);
+        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(bytes) {
+            check_precompiled(&v)?;
+        }
         let mut t = guarded("loading", || tokenizers::Tokenizer::from_bytes(bytes))?
             .map_err(|e| Error::format(format!("the stored tokenizer.json does not load: {e}")))?;
         // as transformers does for a plain call: no padding, no truncation (a file's own
@@ -44,6 +47,55 @@ impl Tokenizer {
             .map_err(|e| Error::Usage(format!("cannot tokenize the prompt: {e}")))?;
         Ok(enc.get_ids().to_vec())
     }
+}
+
+/// A `Precompiled` normalizer's charsmap starts with the byte size of its trie, which the
+/// tokenizers library reserves memory for before reading it: a tiny file declaring 4 GiB made it
+/// ask for 8 GiB (an abort, not an error, wherever memory is limited). Refuse a size larger than
+/// the charsmap itself.
+fn check_precompiled(v: &serde_json::Value) -> Result<()> {
+    match v {
+        serde_json::Value::Object(o) => {
+            if o.get("type").and_then(|t| t.as_str()) == Some("Precompiled") {
+                if let Some(map) = o.get("precompiled_charsmap").and_then(|m| m.as_str()) {
+                    let len = map.trim_end_matches('=').len() * 3 / 4;
+                    let head = base64_prefix(map);
+                    let trie = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+                    if len < 4 || trie > len - 4 {
+                        return Err(Error::format(format!(
+                            "the stored tokenizer.json is malformed: its precompiled charsmap declares a {trie}-byte trie in {len} bytes; re-pack the model with a working tokenizer.json (or pass token ids with --ids)"
+                        )));
+                    }
+                }
+            }
+            o.values().try_for_each(check_precompiled)
+        }
+        serde_json::Value::Array(a) => a.iter().try_for_each(check_precompiled),
+        _ => Ok(()),
+    }
+}
+
+/// The first 6 bytes that the first 8 characters of standard base64 `s` encode (zeros where
+/// `s` is shorter or not base64: the length check then refuses it or the library does).
+fn base64_prefix(s: &str) -> [u8; 6] {
+    let val = |c: u8| -> u32 {
+        match c {
+            b'A'..=b'Z' => (c - b'A') as u32,
+            b'a'..=b'z' => (c - b'a') as u32 + 26,
+            b'0'..=b'9' => (c - b'0') as u32 + 52,
+            b'+' | b'-' => 62,
+            b'/' | b'_' => 63,
+            _ => 0,
+        }
+    };
+    let mut out = [0u8; 6];
+    for (g, quad) in s.as_bytes().chunks(4).take(2).enumerate() {
+        let n = (0..4).fold(0u32, |acc, i| {
+            (acc << 6) | quad.get(i).map_or(0, |&c| val(c))
+        });
+        out[3 * g..3 * g + 3].copy_from_slice(&n.to_be_bytes()[1..]);
+    }
+    out
 }
 
 /// Runs a `tokenizers` call on the stored tokenizer.json, which is untrusted input: the library
@@ -203,5 +255,30 @@ impl ChatTemplate {
                 eos_token => &self.eos,
             })
             .map_err(bad)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_prefix_decodes_standard_base64() {
+        // "AQIDBAUG" is [1, 2, 3, 4, 5, 6]; "/w==" is [255]
+        assert_eq!(base64_prefix("AQIDBAUG"), [1, 2, 3, 4, 5, 6]);
+        assert_eq!(base64_prefix("/w=="), [255, 0, 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn oversized_precompiled_trie_is_refused() {
+        let t = |map: &str| {
+            serde_json::json!({"normalizer": {"type": "Sequence", "normalizers": [
+                {"type": "Precompiled", "precompiled_charsmap": map}]}})
+        };
+        // trie size 0xFFFFFFF0 in an 8-byte charsmap
+        let e = check_precompiled(&t("8P///wAAAAA=")).unwrap_err();
+        assert!(e.to_string().contains("4294967280-byte trie"), "{e}");
+        // trie size 4 followed by 4 bytes: consistent
+        assert!(check_precompiled(&t("BAAAAAECAwQ=")).is_ok());
     }
 }

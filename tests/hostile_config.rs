@@ -196,19 +196,39 @@ fn damaged_contents_are_errors_not_crashes() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("windows of at least 2 tokens"), "{err}");
 
-    // a Precompiled normalizer whose charsmap is two bytes: tokenizers panics on it
-    let bad_tok = rewritten_with(d.path(), "bad-tokenizer", &none, |e, data| {
-        (e.name == "file:tokenizer.json").then(|| {
-            let mut t: Value = serde_json::from_slice(data).unwrap();
-            t["normalizer"] = json!({"type": "Precompiled", "precompiled_charsmap": "AQI="});
-            let b = serde_json::to_vec(&t).unwrap();
-            (DType::U8, vec![b.len() as u64], b)
-        })
-    });
-    for bin in ["bitnet-run", "bitnet-verify"] {
-        let (code, err) = run(bin, &bad_tok, &["--prompt", "hello"]);
-        assert_eq!(code, Some(2), "{bin}: {err}");
-        assert!(err.contains("tokenizer.json is malformed"), "{bin}: {err}");
+    // tokenizer.json files the tokenizers library panics on (while tokenizing: a template
+    // naming a special token it does not define) or would reserve gigabytes for (a charsmap
+    // declaring a 4 GiB trie in 8 bytes; refused before the library sees it)
+    let broken: [(&str, Value, &str); 2] = [
+        (
+            "post_processor",
+            json!({"type": "TemplateProcessing",
+                "single": [{"SpecialToken": {"id": "<nope>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+                "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+                "special_tokens": {}}),
+            "the tokenizer failed while tokenizing",
+        ),
+        (
+            "normalizer",
+            json!({"type": "Precompiled", "precompiled_charsmap": "8P///wAAAAA="}),
+            "declares a 4294967280-byte trie",
+        ),
+    ];
+    for (i, (key, val, says)) in broken.iter().enumerate() {
+        let bad_tok = rewritten_with(d.path(), &format!("bad-tokenizer-{i}"), &none, |e, data| {
+            (e.name == "file:tokenizer.json").then(|| {
+                let mut t: Value = serde_json::from_slice(data).unwrap();
+                t[*key] = val.clone();
+                let b = serde_json::to_vec(&t).unwrap();
+                (DType::U8, vec![b.len() as u64], b)
+            })
+        });
+        for bin in ["bitnet-run", "bitnet-verify"] {
+            let (code, err) = run(bin, &bad_tok, &["--prompt", "hello"]);
+            assert_eq!(code, Some(2), "{bin}: {err}");
+            assert!(err.contains("tokenizer.json is malformed"), "{bin}: {err}");
+            assert!(err.contains(says), "{bin}: {err}");
+        }
     }
 
     // q_proj with two rows where the config says 64
