@@ -134,17 +134,15 @@ pub fn export<W: Write>(
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<(W, ExportReport)> {
     let cfg = ModelConfig::from_container(&f.index.meta)?;
-    // every tensor with the dtype and shape the config implies, and canonical codes: the same
-    // checks that let the runner trust a container (the plan below relies on them)
-    if cfg.rope_scaling.is_null() {
-        crate::runner::weights::Weights::load(f)?;
-    }
     if !cfg.rope_scaling.is_null() {
         return Err(Error::Usage(format!(
             "cannot export to GGUF: rope_scaling {} is not supported yet",
             cfg.rope_scaling
         )));
     }
+    // every tensor with the dtype and shape the config implies, and canonical codes: the same
+    // checks that let the runner trust a container (the plan below relies on them)
+    crate::runner::weights::Weights::load(f)?;
     let (arch, arch_note) = target_arch(&cfg)?;
     let mut notes: Vec<String> = arch_note.into_iter().collect();
     let gt = ty.ggml();
