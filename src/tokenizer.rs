@@ -14,26 +14,26 @@ impl Tokenizer {
             )
         })?;
         let bytes = f.data(e);
-        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(bytes) {
-            check_precompiled(&v)?;
+        // a second parse only for the rare files that have a precompiled charsmap (a Llama 3
+        // tokenizer.json is 9 MB)
+        if bytes.windows(11).any(|w| w == b"Precompiled") {
+            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(bytes) {
+                check_precompiled(&v)?;
+            }
         }
-        let mut t = guarded("loading", || tokenizers::Tokenizer::from_bytes(bytes))?
-            .map_err(|e| Error::format(format!("the stored tokenizer.json does not load: {e}")))?;
+        let bad = |e| Error::format(format!("the stored tokenizer.json does not load: {e}"));
+        let mut t =
+            guarded("loading", || tokenizers::Tokenizer::from_bytes(bytes))?.map_err(bad)?;
         // as transformers does for a plain call: no padding, no truncation (a file's own
         // settings could also pad every prompt to 2^40 tokens)
         t.with_padding(None);
-        t.with_truncation(None)
-            .map_err(|e| Error::format(format!("the stored tokenizer.json does not load: {e}")))?;
+        t.with_truncation(None).map_err(bad)?;
         Ok(Tokenizer(t))
     }
 
     /// Token ids of `text`, with the tokenizer's own special tokens (e.g. BOS) added.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        if text.is_empty() {
-            return Err(Error::Usage(
-                "the prompt is empty: give some text with --prompt".into(),
-            ));
-        }
+        non_empty(text)?;
         self.encode_with(text, true)
     }
 
@@ -47,6 +47,16 @@ impl Tokenizer {
             .map_err(|e| Error::Usage(format!("cannot tokenize the prompt: {e}")))?;
         Ok(enc.get_ids().to_vec())
     }
+}
+
+/// An empty prompt is a usage error, templated or not.
+fn non_empty(prompt: &str) -> Result<()> {
+    if prompt.is_empty() {
+        return Err(Error::Usage(
+            "the prompt is empty: give some text with --prompt".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// A `Precompiled` normalizer's charsmap starts with the byte size of its trie, which the
@@ -140,11 +150,7 @@ const FUEL: u64 = 1_000_000;
 /// The prompt as a user message in the container's chat template, tokenized without adding
 /// special tokens (the template writes them), as transformers' `apply_chat_template` does.
 pub fn chat_prompt_ids(f: &BnetFile, tok: &Result<Tokenizer>, prompt: &str) -> Result<Vec<u32>> {
-    if prompt.is_empty() {
-        return Err(Error::Usage(
-            "the prompt is empty: give some text with --prompt".into(),
-        ));
-    }
+    non_empty(prompt)?;
     let tok = tok.as_ref().map_err(|e| Error::Usage(e.to_string()))?;
     let tpl = ChatTemplate::from_container(f)?.ok_or_else(|| {
         Error::Usage(

@@ -124,14 +124,8 @@ fn hostile_configs_are_refused_by_name() {
             ("bitnet-verify", vec!["--ids", "1,2,3"]),
             ("bitnet-pack", vec![gguf, "--gguf-type", "tq2_0", "--quiet"]),
         ] {
-            let o = assert_cmd::Command::cargo_bin(bin)
-                .unwrap()
-                .arg(&m)
-                .args(&args)
-                .output()
-                .unwrap();
-            let err = String::from_utf8_lossy(&o.stderr);
-            assert_eq!(o.status.code(), Some(2), "{bin} {tag}: {err}");
+            let (code, err) = run(bin, &m, &args);
+            assert_eq!(code, Some(2), "{bin} {tag}: {err}");
             assert!(err.contains(says), "{bin} {tag}: {err}");
             assert!(err.contains("re-pack"), "{bin} {tag}: {err}");
             assert!(!Path::new(gguf).exists());

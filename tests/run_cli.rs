@@ -466,6 +466,7 @@ fn runaway_chat_template_is_stopped() {
         e.to_string().contains("chat template cannot be rendered"),
         "{e}"
     );
+    assert!(e.to_string().contains("ran out of fuel"), "{e}");
 }
 
 /// `--bench --json` reports the bytes a decode step streams (every packed projection plus the
