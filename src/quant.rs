@@ -3,6 +3,7 @@
 //! packing, and per-row int8.
 
 use crate::format::bnet::{DType, Entry, BLOCK, Q4_BLOCK_BYTES};
+use crate::kernels::tl;
 use half::{bf16, f16};
 
 /// Source element types we decode (safetensors dtypes of float checkpoints).
@@ -292,11 +293,108 @@ pub fn unpack_row(dtype: DType, row: &[u8], out: &mut [i8]) {
     }
 }
 
+/// Bytes of a TL tensor `[rows, k]` (formats/bnet.md §4.4).
+pub fn tl_len(rows: usize, k: usize) -> usize {
+    rows.div_ceil(tl::ROWS) * k.div_ceil(tl::CHUNK_COLS) * tl::CHUNK_BYTES
+}
+
+/// Packs a ternary tensor into TL, taking its rows from `row(r, out)` (values −1, 0, +1;
+/// rows past `rows` and columns past `k` are zero weights). Blocks of 32 rows in parallel.
+pub fn pack_tl(rows: usize, k: usize, row: impl Fn(usize, &mut [i8]) + Sync) -> Vec<u8> {
+    use rayon::prelude::*;
+    let chunks = k.div_ceil(tl::CHUNK_COLS);
+    let mut out = vec![0u8; tl_len(rows, k)];
+    out.par_chunks_mut(chunks * tl::CHUNK_BYTES)
+        .enumerate()
+        .for_each(|(b, block)| {
+            let mut w = vec![0i8; tl::ROWS * chunks * tl::CHUNK_COLS];
+            for (p, wr) in w.chunks_exact_mut(chunks * tl::CHUNK_COLS).enumerate() {
+                if tl::ROWS * b + p < rows {
+                    row(tl::ROWS * b + p, &mut wr[..k]);
+                }
+            }
+            for (c, ch) in block.chunks_exact_mut(tl::CHUNK_BYTES).enumerate() {
+                for p in 0..tl::ROWS {
+                    let wr = &w[p * chunks * tl::CHUNK_COLS..];
+                    for g in 0..8 {
+                        let (i, neg) = tl::encode([0, 1, 2].map(|t| wr[tl::column(c, g, t)]));
+                        ch[p] |= (neg as u8) << g;
+                        ch[32 + 32 * (g / 2) + p] |= i << (4 * (g % 2));
+                    }
+                }
+            }
+        });
+    out
+}
+
+/// Unpacks row `r` of a TL tensor with `k` columns into ternary values.
+pub fn unpack_tl_row(data: &[u8], k: usize, r: usize, out: &mut [i8]) {
+    let chunks = k.div_ceil(tl::CHUNK_COLS);
+    let (b, p) = (r / tl::ROWS, r % tl::ROWS);
+    let block = &data[b * chunks * tl::CHUNK_BYTES..][..chunks * tl::CHUNK_BYTES];
+    for (c, ch) in block.chunks_exact(tl::CHUNK_BYTES).enumerate() {
+        for g in 0..8 {
+            let i = (ch[32 + 32 * (g / 2) + p] >> (4 * (g % 2))) & 15;
+            let w = tl::decode(i.min(13), (ch[p] >> g) & 1 == 1);
+            for (t, &v) in w.iter().enumerate() {
+                if let Some(o) = out.get_mut(tl::column(c, g, t)) {
+                    *o = v;
+                }
+            }
+        }
+    }
+}
+
+/// Unpacks row `r` of a packed tensor (T2, B1 or TL) with `k` columns into `out` (`k` values).
+pub fn unpack_tensor_row(dtype: DType, data: &[u8], k: usize, r: usize, out: &mut [i8]) {
+    match dtype {
+        DType::TL => unpack_tl_row(data, k, r, out),
+        _ => {
+            let n = dtype.row_bytes(k as u64).expect("a packed row type") as usize;
+            unpack_row(dtype, &data[r * n..(r + 1) * n], out)
+        }
+    }
+}
+
+/// True when TL data holds only indices 0 … 13, no negated zero, and zero weights in the
+/// padding rows and columns (formats/bnet.md §4.4).
+fn tl_is_canonical(data: &[u8], rows: usize, k: usize) -> bool {
+    use rayon::prelude::*;
+    let chunks = k.div_ceil(tl::CHUNK_COLS);
+    if chunks == 0 || data.len() != tl_len(rows, k) {
+        return false;
+    }
+    data.par_chunks(chunks * tl::CHUNK_BYTES)
+        .enumerate()
+        .all(|(b, block)| {
+            block
+                .chunks_exact(tl::CHUNK_BYTES)
+                .enumerate()
+                .all(|(c, ch)| {
+                    (0..tl::ROWS).all(|p| {
+                        (0..8).all(|g| {
+                            let i = (ch[32 + 32 * (g / 2) + p] >> (4 * (g % 2))) & 15;
+                            let neg = (ch[p] >> g) & 1 == 1;
+                            let row_pad = tl::ROWS * b + p >= rows;
+                            let w = tl::decode(i.min(13), neg);
+                            i <= 13
+                                && !(i == 0 && neg)
+                                && (0..3)
+                                    .all(|t| w[t] == 0 || !(row_pad || tl::column(c, g, t) >= k))
+                        })
+                    })
+                })
+        })
+}
+
 /// True when packed data holds no code 3 (T2) and all padding is canonical (formats/bnet.md §4).
 /// A full scan of the data, so it runs in parallel and checks padding only where it can be.
 pub fn packed_is_canonical(e: &Entry, data: &[u8]) -> bool {
     use rayon::prelude::*;
-    let (_, k) = e.rows_cols();
+    let (rows, k) = e.rows_cols();
+    if e.dtype == DType::TL {
+        return tl_is_canonical(data, rows as usize, k as usize);
+    }
     let Some(row_bytes) = e.dtype.row_bytes(k).map(|r| r as usize).filter(|&r| r > 0) else {
         return false;
     };

@@ -186,3 +186,85 @@ fn q4_extremes_do_not_saturate() {
         }
     }
 }
+
+/// A ternary matrix `[rows, k]` from a seed, with runs of one value so every pattern occurs.
+fn ternary(rows: usize, k: usize, seed: u64) -> Vec<i8> {
+    (0..rows * k)
+        .map(|i| {
+            let h = (i as u64 ^ seed).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 61;
+            match (seed >> (i % 64)) & 3 {
+                0 => -1,
+                1 => 1,
+                _ => (h % 3) as i8 - 1,
+            }
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// TL: packing round-trips, the tables of every path are byte-identical, and every path's
+    /// block sums equal Σ w·a over the unpacked weights, for odd shapes and extreme activations.
+    #[test]
+    fn tl_paths_equal_scalar_and_definition(
+        rows in 1usize..80,
+        k in 1usize..700,
+        seed in any::<u64>(),
+        a in proptest::collection::vec(prop_oneof![Just(-128i8), Just(127i8), Just(0i8), any::<i8>()], 700),
+    ) {
+        use bitnet::kernels::tl;
+        let w = ternary(rows, k, seed);
+        let data = bitnet::quant::pack_tl(rows, k, |r, out| out.copy_from_slice(&w[r * k..(r + 1) * k]));
+        prop_assert_eq!(data.len(), bitnet::quant::tl_len(rows, k));
+        let mut back = vec![0i8; k];
+        for r in 0..rows {
+            bitnet::quant::unpack_tl_row(&data, k, r, &mut back);
+            prop_assert_eq!(&back[..], &w[r * k..(r + 1) * k]);
+        }
+        let a = &a[..k];
+        let chunks = k.div_ceil(tl::CHUNK_COLS);
+        let mut want_lut = vec![0u8; chunks * tl::LUT_CHUNK_BYTES];
+        tl::build_lut_scalar(a, chunks, &mut want_lut);
+        for kern in Kernel::all_available() {
+            let mut lut = vec![0xAAu8; chunks * tl::LUT_CHUNK_BYTES];
+            kern.tl_lut(a, chunks, &mut lut);
+            prop_assert_eq!(&lut, &want_lut, "{} tables", kern.name());
+            for (b, block) in data.chunks_exact(chunks * tl::CHUNK_BYTES).enumerate() {
+                let got = kern.dot_tl(block, &lut);
+                for (p, &g) in got.iter().enumerate() {
+                    let r = tl::ROWS * b + p;
+                    let want: i32 = if r < rows {
+                        w[r * k..(r + 1) * k].iter().zip(a).map(|(&x, &y)| x as i32 * y as i32).sum()
+                    } else {
+                        0
+                    };
+                    prop_assert_eq!(g, want, "{} row {}", kern.name(), r);
+                }
+            }
+        }
+    }
+}
+
+/// The largest sums the i16 lanes can see: every weight +1 (or −1) against ±128 and 127, over
+/// rows long enough to need several widenings.
+#[test]
+fn tl_extremes_do_not_overflow() {
+    use bitnet::kernels::tl;
+    let k = 24 * 8 * 5 + 7;
+    for (wv, av) in [(1i8, 127i8), (1, -128), (-1, -128), (-1, 127)] {
+        let data = bitnet::quant::pack_tl(32, k, |_, out| out.fill(wv));
+        let a = vec![av; k];
+        let chunks = k.div_ceil(tl::CHUNK_COLS);
+        for kern in Kernel::all_available() {
+            let mut lut = vec![0u8; chunks * tl::LUT_CHUNK_BYTES];
+            kern.tl_lut(&a, chunks, &mut lut);
+            let got = kern.dot_tl(&data, &lut);
+            assert!(
+                got.iter().all(|&g| g == wv as i32 * av as i32 * k as i32),
+                "{}: {got:?}",
+                kern.name()
+            );
+        }
+    }
+}

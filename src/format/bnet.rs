@@ -11,18 +11,31 @@ use std::io::{Seek, SeekFrom, Write};
 pub const MAGIC: [u8; 8] = *b"\x89BNET\r\n\x1a";
 pub const VERSION_MAJOR: u16 = 1;
 /// The highest minor version this code reads and writes; a writer stamps the lowest minor
-/// version that describes its file ([`minor_version_for`]), so files without Q4 stay 1.0.
-pub const VERSION_MINOR: u16 = 1;
+/// version that describes its file ([`minor_version_for`]), so files without Q4 or TL stay 1.0.
+pub const VERSION_MINOR: u16 = 2;
 
 /// The lowest minor version of major 1 that has every dtype used (formats/bnet.md §10):
-/// Q4 arrived in 1.1.
+/// Q4 arrived in 1.1, TL in 1.2.
 pub fn minor_version_for(dtypes: impl IntoIterator<Item = DType>) -> u16 {
-    if dtypes.into_iter().any(|d| d == DType::Q4) {
-        1
-    } else {
-        0
-    }
+    dtypes
+        .into_iter()
+        .map(|d| match d {
+            DType::TL => 2,
+            DType::Q4 => 1,
+            _ => 0,
+        })
+        .max()
+        .unwrap_or(0)
 }
+
+/// TL (formats/bnet.md §4.4): rows per block, columns per chunk, bytes per chunk of a block.
+pub const TL_ROWS: u64 = 32;
+pub const TL_CHUNK_COLS: u64 = 24;
+pub const TL_CHUNK_BYTES: u64 = 160;
+const _: () = assert!(TL_ROWS as usize == crate::kernels::tl::ROWS);
+const _: () = assert!(TL_CHUNK_COLS as usize == crate::kernels::tl::CHUNK_COLS);
+const _: () = assert!(TL_CHUNK_BYTES as usize == crate::kernels::tl::CHUNK_BYTES);
+const _: () = assert!(TL_CHUNK_BYTES == TL_ROWS * (1 + 4));
 
 /// Weights per Q4 block, and bytes per block (an f16 scale, then 16 bytes of nibbles).
 pub const Q4_BLOCK: u64 = 32;
@@ -91,6 +104,9 @@ pub enum DType {
     T2,
     /// Binary, 1 bit per weight, 256-weight blocks of 32 bytes.
     B1,
+    /// Ternary, 5 bits per 3 weights, in blocks of 32 rows for table-lookup kernels
+    /// (formats/bnet.md §4.4). Format version 1.2.
+    TL,
 }
 
 impl DType {
@@ -104,6 +120,7 @@ impl DType {
             DType::Q4 => 5,
             DType::T2 => 16,
             DType::B1 => 17,
+            DType::TL => 18,
         }
     }
     pub fn from_id(id: u8) -> Option<Self> {
@@ -116,6 +133,7 @@ impl DType {
             5 => DType::Q4,
             16 => DType::T2,
             17 => DType::B1,
+            18 => DType::TL,
             _ => return None,
         })
     }
@@ -129,12 +147,14 @@ impl DType {
             DType::Q4 => "Q4",
             DType::T2 => "T2",
             DType::B1 => "B1",
+            DType::TL => "TL",
         }
     }
     pub fn is_packed(self) -> bool {
-        matches!(self, DType::T2 | DType::B1)
+        matches!(self, DType::T2 | DType::B1 | DType::TL)
     }
-    /// Bytes of one packed row of `k` weights, or `k` elements for plain types.
+    /// Bytes of one packed row of `k` weights, or `k` elements for plain types; `None` for TL,
+    /// which is stored in blocks of 32 rows (and on overflow).
     pub fn row_bytes(self, k: u64) -> Option<u64> {
         match self {
             DType::F32 => k.checked_mul(4),
@@ -143,13 +163,20 @@ impl DType {
             DType::Q4 => Some(k.div_ceil(Q4_BLOCK) * Q4_BLOCK_BYTES),
             DType::T2 => Some(k.div_ceil(BLOCK) * 64),
             DType::B1 => Some(k.div_ceil(BLOCK) * 32),
+            DType::TL => None,
         }
     }
     /// The size formula of formats/bnet.md §4; `None` on overflow.
     pub fn data_len(self, shape: &[u64]) -> Option<u64> {
         let (&k, outer) = shape.split_last()?;
         let rows = outer.iter().try_fold(1u64, |a, &d| a.checked_mul(d))?;
-        let len = rows.checked_mul(self.row_bytes(k)?)?;
+        let len = match self {
+            DType::TL => {
+                let (r, c) = (rows.div_ceil(TL_ROWS), k.div_ceil(TL_CHUNK_COLS));
+                r.checked_mul(c)?.checked_mul(TL_CHUNK_BYTES)?
+            }
+            _ => rows.checked_mul(self.row_bytes(k)?)?,
+        };
         (len <= i64::MAX as u64).then_some(len)
     }
 }
@@ -419,9 +446,15 @@ impl Index {
         }
         let need = minor_version_for(index.entries.iter().map(|e| e.dtype));
         if minor < need {
+            let newest = index
+                .entries
+                .iter()
+                .map(|e| e.dtype)
+                .find(|&d| minor_version_for([d]) == need)
+                .map_or("?", DType::name);
             return Err(Error::format(format!(
-                "the file says format version {major}.{minor} but uses data type Q4, which needs \
-                 {major}.{need}: the header is wrong; re-create the file with bitnet-pack"
+                "the file says format version {major}.{minor} but uses data type {newest}, which \
+                 needs {major}.{need}: the header is wrong; re-create the file with bitnet-pack"
             )));
         }
         for e in index.entries.iter().filter(|e| e.dtype == DType::I8) {

@@ -9,6 +9,7 @@
 pub mod float;
 pub mod q4;
 pub mod scalar;
+pub mod tl;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;
 
@@ -143,6 +144,29 @@ impl Kernel {
             // SAFETY: as above.
             Path::Avx512 => unsafe { x86::dot_t2_offset_x4_avx512(row, act) },
             _ => act.map(|a| scalar::dot_t2_offset(row, a)),
+        }
+    }
+
+    /// The 32 row sums `Σ w·a` of one TL block ([`tl`]) against the tables of `a`.
+    #[inline]
+    pub fn dot_tl(self, block: &[u8], lut: &[u8]) -> [i32; tl::ROWS] {
+        match self.0 {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: a `Kernel` holding this path exists only if the CPU has it (AVX-512
+            // implies AVX2); the function checks the lengths it relies on.
+            Path::Avx2 | Path::Avx512 => unsafe { tl::x86::dot_avx2(block, lut) },
+            _ => tl::dot_scalar(block, lut),
+        }
+    }
+
+    /// The TL tables of activations `a` for `chunks` chunks into `out`.
+    #[inline]
+    pub fn tl_lut(self, a: &[i8], chunks: usize, out: &mut [u8]) {
+        match self.0 {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            Path::Avx2 | Path::Avx512 => unsafe { tl::x86::build_lut_avx2(a, chunks, out) },
+            _ => tl::build_lut_scalar(a, chunks, out),
         }
     }
 

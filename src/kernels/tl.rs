@@ -1,0 +1,298 @@
+//! TL ternary weights (formats/bnet.md §4.4) multiplied by table lookup. Three weights form one
+//! of 27 patterns; a pattern and its negation share an index (0 … 13) and a sign bit, so a
+//! weight costs 5/3 bits instead of T2's 2. For each activation vector the kernel first builds,
+//! per group of three activations, the 14 sums `d0·x0 + d1·x1 + d2·x2` a pattern can give;
+//! a 32-row block then adds one table entry per row and group with `pshufb`, negating it
+//! (`!t + 1`) where the sign bit is set.
+//!
+//! The sums need 10 bits, so each table is kept as a low-byte and a high-byte half and the two
+//! lookups are interleaved back into i16. i16 lanes hold 64 groups of at most 3·128 = 384
+//! (24 576 < 32 767) before they are widened to i32, so every path is exact for any int8 input.
+
+/// Rows per block: one byte lane of a 256-bit register per row.
+pub const ROWS: usize = 32;
+/// Columns per chunk: eight groups of three.
+pub const CHUNK_COLS: usize = 24;
+/// Bytes of one 32-row chunk: 32 sign bytes, then 4 × 32 bytes of index nibbles.
+pub const CHUNK_BYTES: usize = 160;
+/// Table bytes per chunk: 8 groups × (16 low bytes + 16 high bytes).
+pub const LUT_CHUNK_BYTES: usize = 256;
+/// Chunks whose i16 sums fit before widening (8 chunks = 64 groups).
+const WIDEN_EVERY: usize = 8;
+
+/// Pattern `i` (0 … 13) as balanced-ternary digits: `i = 9·d0 + 3·d1 + d2`.
+pub const DIGITS: [[i8; 3]; 14] = [
+    [0, 0, 0],
+    [0, 0, 1],
+    [0, 1, -1],
+    [0, 1, 0],
+    [0, 1, 1],
+    [1, -1, -1],
+    [1, -1, 0],
+    [1, -1, 1],
+    [1, 0, -1],
+    [1, 0, 0],
+    [1, 0, 1],
+    [1, 1, -1],
+    [1, 1, 0],
+    [1, 1, 1],
+];
+
+/// The index and sign of weights `(w0, w1, w2)`: `v = 9·w0 + 3·w1 + w2`, index `|v|`, sign
+/// `v < 0`. Zero is index 0 with the sign clear.
+#[inline]
+pub fn encode(w: [i8; 3]) -> (u8, bool) {
+    let v = 9 * w[0] as i32 + 3 * w[1] as i32 + w[2] as i32;
+    (v.unsigned_abs() as u8, v < 0)
+}
+
+/// The weights of index `i` (≤ 13) and sign `neg`.
+#[inline]
+pub fn decode(i: u8, neg: bool) -> [i8; 3] {
+    let d = DIGITS[i as usize];
+    if neg {
+        d.map(|x| -x)
+    } else {
+        d
+    }
+}
+
+/// Column of weight `t` (0 … 2) of group `g` (0 … 7) in chunk `c`.
+#[inline]
+pub fn column(c: usize, g: usize, t: usize) -> usize {
+    CHUNK_COLS * c + 8 * t + g
+}
+
+/// The 14 sums of one group's activations, as i16 (entries 14 and 15 are zero).
+#[inline]
+fn group_sums(x: [i8; 3]) -> [i16; 16] {
+    let mut t = [0i16; 16];
+    for (e, d) in t.iter_mut().zip(DIGITS) {
+        *e = (0..3).map(|i| d[i] as i16 * x[i] as i16).sum();
+    }
+    t
+}
+
+/// Tables for `chunks` chunks of activations `a` (zero past its end) into `out`
+/// (`chunks · LUT_CHUNK_BYTES` bytes): group `g` of chunk `c` at `256·c + 32·g`, the low bytes
+/// of its 16 entries, then the high bytes.
+pub fn build_lut_scalar(a: &[i8], chunks: usize, out: &mut [u8]) {
+    build_lut_range(a, 0..chunks, out)
+}
+
+fn build_lut_range(a: &[i8], chunks: std::ops::Range<usize>, out: &mut [u8]) {
+    let at = |i: usize| a.get(i).copied().unwrap_or(0);
+    for c in chunks {
+        for g in 0..8 {
+            let t = group_sums([
+                at(column(c, g, 0)),
+                at(column(c, g, 1)),
+                at(column(c, g, 2)),
+            ]);
+            let o = &mut out[LUT_CHUNK_BYTES * c + 32 * g..][..32];
+            for (i, v) in t.iter().enumerate() {
+                o[i] = *v as u8;
+                o[16 + i] = (*v >> 8) as u8;
+            }
+        }
+    }
+}
+
+/// The 32 row sums of one block (`block`: its chunks, `lut`: at least as many chunks).
+pub fn dot_scalar(block: &[u8], lut: &[u8]) -> [i32; ROWS] {
+    let mut acc = [0i32; ROWS];
+    for (ch, t) in block
+        .chunks_exact(CHUNK_BYTES)
+        .zip(lut.chunks_exact(LUT_CHUNK_BYTES))
+    {
+        for (p, a) in acc.iter_mut().enumerate() {
+            for g in 0..8 {
+                let i = (ch[32 + 32 * (g / 2) + p] >> (4 * (g % 2))) & 15;
+                let e = &t[32 * g..];
+                let v = i16::from_le_bytes([e[i as usize], e[16 + i as usize]]) as i32;
+                *a += if (ch[p] >> g) & 1 == 1 { -v } else { v };
+            }
+        }
+    }
+    acc
+}
+
+#[cfg(target_arch = "x86_64")]
+pub mod x86 {
+    use super::*;
+    use crate::kernels::x86::prefetch;
+    use std::arch::x86_64::*;
+
+    /// # Safety
+    /// The CPU must support AVX2. `block.len()` is a multiple of `CHUNK_BYTES` and `lut` holds
+    /// at least as many chunks.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn dot_avx2(block: &[u8], lut: &[u8]) -> [i32; ROWS] {
+        let chunks = block.len() / CHUNK_BYTES;
+        assert!(lut.len() >= chunks * LUT_CHUNK_BYTES);
+        let m4 = _mm256_set1_epi8(0x0F);
+        let zero = _mm256_setzero_si256();
+        let mut wide = [zero; 4];
+        let mut c = 0;
+        while c < chunks {
+            let end = (c + WIDEN_EVERY).min(chunks);
+            let (mut a0, mut a1, mut negs) = (zero, zero, zero);
+            for cc in c..end {
+                let p = block.as_ptr().add(cc * CHUNK_BYTES);
+                prefetch(
+                    p.wrapping_add(super::super::x86::PREFETCH_BYTES),
+                    CHUNK_BYTES,
+                );
+                let signs = _mm256_loadu_si256(p as *const __m256i);
+                let t = lut.as_ptr().add(cc * LUT_CHUNK_BYTES);
+                macro_rules! group {
+                    ($idx:expr, $g:literal) => {{
+                        // the top bit of each byte after the shift is sign bit g: all ones
+                        // where the entry is negated
+                        let m = _mm256_cmpgt_epi8(zero, _mm256_slli_epi16::<{ 7 - $g }>(signs));
+                        let tg = t.add(32 * $g);
+                        let tlo = _mm256_broadcastsi128_si256(_mm_loadu_si128(tg as *const _));
+                        let thi =
+                            _mm256_broadcastsi128_si256(_mm_loadu_si128(tg.add(16) as *const _));
+                        let lo = _mm256_xor_si256(_mm256_shuffle_epi8(tlo, $idx), m);
+                        let hi = _mm256_xor_si256(_mm256_shuffle_epi8(thi, $idx), m);
+                        a0 = _mm256_add_epi16(a0, _mm256_unpacklo_epi8(lo, hi));
+                        a1 = _mm256_add_epi16(a1, _mm256_unpackhi_epi8(lo, hi));
+                        negs = _mm256_sub_epi8(negs, m);
+                    }};
+                }
+                macro_rules! pair {
+                    ($h:literal, $g0:literal, $g1:literal) => {{
+                        let nib = _mm256_loadu_si256(p.add(32 + 32 * $h) as *const __m256i);
+                        let i0 = _mm256_and_si256(nib, m4);
+                        let i1 = _mm256_and_si256(_mm256_srli_epi16::<4>(nib), m4);
+                        group!(i0, $g0);
+                        group!(i1, $g1);
+                    }};
+                }
+                pair!(0, 0, 1);
+                pair!(1, 2, 3);
+                pair!(2, 4, 5);
+                pair!(3, 6, 7);
+            }
+            // the +1 of every negation (at most 64 per byte)
+            a0 = _mm256_add_epi16(a0, _mm256_unpacklo_epi8(negs, zero));
+            a1 = _mm256_add_epi16(a1, _mm256_unpackhi_epi8(negs, zero));
+            // a0 holds rows 0-7 | 16-23, a1 rows 8-15 | 24-31 (unpack works per 128-bit lane)
+            let halves = [
+                _mm256_castsi256_si128(a0),
+                _mm256_castsi256_si128(a1),
+                _mm256_extracti128_si256::<1>(a0),
+                _mm256_extracti128_si256::<1>(a1),
+            ];
+            for (w, h) in wide.iter_mut().zip(halves) {
+                *w = _mm256_add_epi32(*w, _mm256_cvtepi16_epi32(h));
+            }
+            c = end;
+        }
+        let mut out = [0i32; ROWS];
+        for (i, w) in wide.iter().enumerate() {
+            _mm256_storeu_si256(out.as_mut_ptr().add(8 * i) as *mut __m256i, *w);
+        }
+        out
+    }
+
+    /// `build_lut_scalar`, two chunks per 256-bit register (one per 128-bit lane): the 14
+    /// sums of eight groups in i16 lanes, an 8 × 8 transpose to one group per register, then
+    /// the low and high bytes packed apart. Integer arithmetic: identical to the scalar tables.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2. `out.len() ≥ chunks · LUT_CHUNK_BYTES`.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn build_lut_avx2(a: &[i8], chunks: usize, out: &mut [u8]) {
+        assert!(out.len() >= chunks * LUT_CHUNK_BYTES);
+        // pairs of chunks that lie wholly inside `a`; the rest (and the zero tail) in scalar
+        let pairs = (a.len() / CHUNK_COLS).min(chunks) / 2;
+        for c in (0..2 * pairs).step_by(2) {
+            // weight t of the eight groups: chunk c in the low lane, c + 1 in the high, as i16
+            macro_rules! load {
+                ($t:literal) => {{
+                    let p = a.as_ptr().add(CHUNK_COLS * c + 8 * $t);
+                    let lo = _mm_loadl_epi64(p as *const __m128i);
+                    let hi = _mm_loadl_epi64(p.add(CHUNK_COLS) as *const __m128i);
+                    _mm256_set_m128i(_mm_cvtepi8_epi16(hi), _mm_cvtepi8_epi16(lo))
+                }};
+            }
+            let (x0, x1, x2) = (load!(0), load!(1), load!(2));
+            let z = _mm256_setzero_si256();
+            let (e1, e3) = (x2, x1);
+            let e2 = _mm256_sub_epi16(x1, x2);
+            let e4 = _mm256_add_epi16(x1, x2);
+            // entries 5 … 13 are x0 + (entries −4 … 4), entry −n being −(entry n)
+            let e = [
+                z,
+                e1,
+                e2,
+                e3,
+                e4,
+                _mm256_sub_epi16(x0, e4),
+                _mm256_sub_epi16(x0, e3),
+                _mm256_sub_epi16(x0, e2),
+                _mm256_sub_epi16(x0, e1),
+                x0,
+                _mm256_add_epi16(x0, e1),
+                _mm256_add_epi16(x0, e2),
+                _mm256_add_epi16(x0, e3),
+                _mm256_add_epi16(x0, e4),
+                z,
+                z,
+            ];
+            let lo8 = transpose8(&e[..8]);
+            let hi8 = transpose8(&e[8..]);
+            let mask = _mm256_set1_epi16(0xFF);
+            for g in 0..8 {
+                let (p, q) = (lo8[g], hi8[g]);
+                let lo = _mm256_packus_epi16(_mm256_and_si256(p, mask), _mm256_and_si256(q, mask));
+                let hi = _mm256_packs_epi16(_mm256_srai_epi16::<8>(p), _mm256_srai_epi16::<8>(q));
+                let o = out.as_mut_ptr().add(LUT_CHUNK_BYTES * c + 32 * g);
+                _mm256_storeu_si256(o as *mut __m256i, _mm256_permute2x128_si256::<0x20>(lo, hi));
+                let o1 = o.add(LUT_CHUNK_BYTES);
+                _mm256_storeu_si256(
+                    o1 as *mut __m256i,
+                    _mm256_permute2x128_si256::<0x31>(lo, hi),
+                );
+            }
+        }
+        build_lut_range(a, 2 * pairs..chunks, out);
+    }
+
+    /// 8 × 8 transpose of i16 in each 128-bit lane: `r[e]` lane `g` → result `g` lane `e`.
+    #[inline(always)]
+    unsafe fn transpose8(r: &[__m256i]) -> [__m256i; 8] {
+        let t = [
+            _mm256_unpacklo_epi16(r[0], r[1]),
+            _mm256_unpackhi_epi16(r[0], r[1]),
+            _mm256_unpacklo_epi16(r[2], r[3]),
+            _mm256_unpackhi_epi16(r[2], r[3]),
+            _mm256_unpacklo_epi16(r[4], r[5]),
+            _mm256_unpackhi_epi16(r[4], r[5]),
+            _mm256_unpacklo_epi16(r[6], r[7]),
+            _mm256_unpackhi_epi16(r[6], r[7]),
+        ];
+        let u = [
+            _mm256_unpacklo_epi32(t[0], t[2]),
+            _mm256_unpackhi_epi32(t[0], t[2]),
+            _mm256_unpacklo_epi32(t[1], t[3]),
+            _mm256_unpackhi_epi32(t[1], t[3]),
+            _mm256_unpacklo_epi32(t[4], t[6]),
+            _mm256_unpackhi_epi32(t[4], t[6]),
+            _mm256_unpacklo_epi32(t[5], t[7]),
+            _mm256_unpackhi_epi32(t[5], t[7]),
+        ];
+        [
+            _mm256_unpacklo_epi64(u[0], u[4]),
+            _mm256_unpackhi_epi64(u[0], u[4]),
+            _mm256_unpacklo_epi64(u[1], u[5]),
+            _mm256_unpackhi_epi64(u[1], u[5]),
+            _mm256_unpacklo_epi64(u[2], u[6]),
+            _mm256_unpackhi_epi64(u[2], u[6]),
+            _mm256_unpacklo_epi64(u[3], u[7]),
+            _mm256_unpackhi_epi64(u[3], u[7]),
+        ]
+    }
+}
