@@ -294,7 +294,6 @@ fn encode_projection(
 ) -> Result<Vec<u8>> {
     let (rows, k) = e.rows_cols();
     let (rows, k) = (rows as usize, k as usize);
-    let rb = e.dtype.row_bytes(k as u64).expect("valid entry") as usize;
     let order: Vec<usize> = match permute_heads {
         Some(h) => llama_qk_order(rows, h as usize),
         None => (0..rows).collect(),
@@ -303,7 +302,7 @@ fn encode_projection(
     vals.par_chunks_mut(k)
         .zip(order.par_iter())
         .for_each(|(out, &src)| {
-            quant::unpack_row(e.dtype, &data[src * rb..(src + 1) * rb], out);
+            quant::unpack_tensor_row(e.dtype, data, k, src, out);
         });
     let m = multiplier(&e.name, &e.scale)?;
     let h = half::f16::from_f32(m).to_f32();

@@ -16,7 +16,7 @@
 //! same attention and activation functions, so decode and a one-token prompt give identical
 //! logits (tests/runner.rs).
 
-use super::fast::{head_row, row_dot, QuantizedBatch, Session, Shared};
+use super::fast::{head_row, unit_rows, QuantizedBatch, Session, Shared};
 use super::ops::{attend_group, gated, rms_norm, KvHead, RopeAt};
 use super::weights::Linear;
 use crate::format::bnet::DType;
@@ -106,33 +106,41 @@ fn claims(next: &AtomicUsize, n: usize) -> impl Iterator<Item = Range<usize>> + 
     })
 }
 
-/// `ls[i] · a` into `out` (the outputs concatenated), rows claimed from `next`.
+/// `ls[i] · a` into `out` (the outputs concatenated), units (rows, or TL blocks) claimed
+/// from `next`.
 fn matvec(s: &Session, ls: &[&Linear], a: &QuantizedBatch, next: &AtomicUsize, out: &Shared) {
-    let total = ls.iter().map(|l| l.rows).sum();
+    let total = ls.iter().map(|l| l.units()).sum();
     for range in claims(next, total) {
         // the range may cross from one projection into the next
-        let mut base = 0;
+        let (mut base, mut row0) = (0, 0);
         for l in ls {
-            let (lo, hi) = (range.start.max(base), range.end.min(base + l.rows));
-            for g in lo..hi {
-                out.set(g, row_dot(s.kern, l, a, 0, g - base));
+            let (lo, hi) = (range.start.max(base), range.end.min(base + l.units()));
+            for u in lo..hi {
+                let (r, ys) = unit_rows(s.kern, l, a, 0, u - base);
+                for (i, y) in ys.iter().enumerate() {
+                    out.set(row0 + r + i, *y);
+                }
             }
-            base += l.rows;
+            base += l.units();
+            row0 += l.rows;
         }
     }
 }
 
-/// `act(gate · a) · (up · a)` into `out`, gate and up rows claimed together so the product is
-/// formed where both are computed.
+/// `act(gate · a) · (up · a)` into `out`, gate and up units claimed together so the product
+/// is formed where both are computed.
 fn gated_matvec(s: &Session, li: usize, a: &QuantizedBatch, next: &AtomicUsize, out: &Shared) {
     let layer = &s.w.layers[li];
     let (g, u) = (&layer.gate, &layer.up);
     let act = s.w.activation();
-    for r in claims(next, g.rows).flatten() {
-        let mut m = [0f32];
-        let (gv, uv) = (row_dot(s.kern, g, a, 0, r), row_dot(s.kern, u, a, 0, r));
-        gated(act, &[gv], &[uv], &mut m);
-        out.set(r, m[0]);
+    for unit in claims(next, g.units()).flatten() {
+        let (r, gv) = unit_rows(s.kern, g, a, 0, unit);
+        let (_, uv) = unit_rows(s.kern, u, a, 0, unit);
+        let mut m = [0f32; crate::kernels::tl::ROWS];
+        gated(act, &gv, &uv, &mut m[..gv.len()]);
+        for (i, y) in m[..gv.len()].iter().enumerate() {
+            out.set(r + i, *y);
+        }
     }
 }
 
@@ -145,12 +153,12 @@ fn norm(x: &[f32], g: &[f32], eps: f32) -> Vec<f32> {
 
 /// A projection's input: the previous phase's output, through the layer's sub-norm when it has
 /// one (BitNet b1.58), quantized to int8.
-fn sub_normed(v: Vec<f32>, g: Option<&[f32]>, eps: f32) -> QuantizedBatch {
+fn sub_normed(s: &Session, v: Vec<f32>, g: Option<&[f32]>, eps: f32, l: &Linear) -> QuantizedBatch {
     let v = match g {
         Some(g) => norm(&v, g, eps),
         None => v,
     };
-    QuantizedBatch::new(&v, v.len())
+    QuantizedBatch::for_layers(&v, v.len(), s.kern, &[l])
 }
 
 /// Appends token `id` to the session and returns its logits.
@@ -192,8 +200,14 @@ pub(super) fn step(s: &mut Session, id: u32) -> Vec<f32> {
         w.embed.row(id as usize, &mut x);
         for (li, layer) in w.layers.iter().enumerate() {
             let next = &next[5 * li..];
-            let xn = QuantizedBatch::new(&norm(&x, &layer.input_norm, eps), hidden);
-            matvec(st, &[&layer.q, &layer.k, &layer.v], &xn, &next[0], &qkv);
+            let qkv_ls = [&layer.q, &layer.k, &layer.v];
+            let xn = QuantizedBatch::for_layers(
+                &norm(&x, &layer.input_norm, eps),
+                hidden,
+                st.kern,
+                &qkv_ls,
+            );
+            matvec(st, &qkv_ls, &xn, &next[0], &qkv);
             barrier.wait();
             if ctx.index() == 0 {
                 let mut k = qkv.range(nh * hd..(nh + nkv) * hd);
@@ -218,14 +232,31 @@ pub(super) fn step(s: &mut Session, id: u32) -> Vec<f32> {
                 }
             }
             barrier.wait();
-            let a = sub_normed(attn.to_vec(), layer.attn_sub_norm.as_deref(), eps);
+            let a = sub_normed(
+                st,
+                attn.to_vec(),
+                layer.attn_sub_norm.as_deref(),
+                eps,
+                &layer.o,
+            );
             matvec(st, &[&layer.o], &a, &next[2], &o);
             barrier.wait();
             x.iter_mut().enumerate().for_each(|(i, v)| *v += o.get(i));
-            let xn = QuantizedBatch::new(&norm(&x, &layer.post_norm, eps), hidden);
+            let xn = QuantizedBatch::for_layers(
+                &norm(&x, &layer.post_norm, eps),
+                hidden,
+                st.kern,
+                &[&layer.gate, &layer.up],
+            );
             gated_matvec(st, li, &xn, &next[3], &m);
             barrier.wait();
-            let mq = sub_normed(m.to_vec(), layer.ffn_sub_norm.as_deref(), eps);
+            let mq = sub_normed(
+                st,
+                m.to_vec(),
+                layer.ffn_sub_norm.as_deref(),
+                eps,
+                &layer.down,
+            );
             matvec(st, &[&layer.down], &mq, &next[4], &d);
             barrier.wait();
             x.iter_mut().enumerate().for_each(|(i, v)| *v += d.get(i));

@@ -7,7 +7,7 @@ use super::ops::{attend_group, gated, rms_norm, rope_inv_freq, KvCache, KvHead, 
 use super::weights::{Linear, Weights};
 use crate::error::Result;
 use crate::format::bnet::DType;
-use crate::kernels::{q4::Q8Blocks, quantize_act, Kernel};
+use crate::kernels::{q4::Q8Blocks, quantize_act, tl, Kernel};
 use rayon::prelude::*;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -20,6 +20,10 @@ pub struct QuantizedBatch {
     k_pad: usize,
     scales: Vec<f32>,
     sums: Vec<i32>,
+    /// TL lookup tables, `chunks · 256` bytes per token (empty unless a TL projection reads
+    /// this input).
+    lut: Vec<u8>,
+    lut_len: usize,
 }
 
 impl QuantizedBatch {
@@ -47,10 +51,39 @@ impl QuantizedBatch {
             k_pad,
             scales,
             sums,
+            lut: Vec::new(),
+            lut_len: 0,
         }
     }
+
+    /// The input of projections `ls`: quantized, plus the lookup tables when one of them is TL
+    /// (built once per token and shared, like the int8 values).
+    pub fn for_layers(x: &[f32], k: usize, kern: Kernel, ls: &[&Linear]) -> Self {
+        let mut a = QuantizedBatch::new(x, k);
+        if let Some(l) = ls.iter().find(|l| l.dtype == DType::TL) {
+            let chunks = l.tl_chunks();
+            a.lut_len = chunks * tl::LUT_CHUNK_BYTES;
+            a.lut = vec![0u8; a.tokens() * a.lut_len];
+            let build = |(q, lut): (&[i8], &mut [u8])| kern.tl_lut(q, chunks, lut);
+            if a.tokens() > 1 {
+                a.q.par_chunks_exact(a.k_pad)
+                    .zip(a.lut.par_chunks_exact_mut(a.lut_len))
+                    .for_each(build);
+            } else {
+                a.q.chunks_exact(a.k_pad)
+                    .zip(a.lut.chunks_exact_mut(a.lut_len))
+                    .for_each(build);
+            }
+        }
+        a
+    }
+
     fn tokens(&self) -> usize {
         self.scales.len()
+    }
+
+    fn lut(&self, tok: usize) -> &[u8] {
+        &self.lut[tok * self.lut_len..(tok + 1) * self.lut_len]
     }
 }
 
@@ -91,6 +124,20 @@ impl Shared {
 /// activations in L1 while they are multiplied; each token's ROWS results are contiguous.
 fn tile(kern: Kernel, l: &Linear, a: &QuantizedBatch, c: usize, out: &Shared) {
     let t = a.tokens();
+    if l.dtype == DType::TL {
+        // token by token over TL_TILE blocks: one token's tables stay in L1/L2 while the
+        // blocks (in L2) are multiplied
+        let blocks = c * TL_TILE..((c + 1) * TL_TILE).min(l.units());
+        for tok in 0..t {
+            for b in blocks.clone() {
+                let (r0, ys) = unit_rows(kern, l, a, tok, b);
+                for (i, y) in ys.iter().enumerate() {
+                    out.set(tok * l.rows + r0 + i, *y);
+                }
+            }
+        }
+        return;
+    }
     let act = |tok: usize| &a.q[tok * a.k_pad..(tok + 1) * a.k_pad];
     let rows = c * ROWS..((c + 1) * ROWS).min(l.rows);
     let mut tok = 0;
@@ -114,6 +161,68 @@ fn tile(kern: Kernel, l: &Linear, a: &QuantizedBatch, c: usize, out: &Shared) {
         for r in rows.clone() {
             out.set(tok * l.rows + r, row_dot(kern, l, a, tok, r));
         }
+    }
+}
+
+/// 32-row TL blocks per prompt task: 8 blocks of a 2560-wide projection are 137 KiB, which
+/// stay in L2 while every token's tables pass over them.
+const TL_TILE: usize = 8;
+
+/// Prompt tasks of a projection.
+fn tiles(l: &Linear) -> usize {
+    match l.dtype {
+        DType::TL => l.units().div_ceil(TL_TILE),
+        _ => l.rows.div_ceil(ROWS),
+    }
+}
+
+/// The outputs of unit `u` of `l` (row `u`, or TL block `u`) for token `tok`: the first
+/// row's index and the values (one, or up to 32).
+#[inline]
+pub(super) fn unit_rows(
+    kern: Kernel,
+    l: &Linear,
+    a: &QuantizedBatch,
+    tok: usize,
+    u: usize,
+) -> (usize, UnitOut) {
+    let mut ys = UnitOut::new();
+    if l.dtype == DType::TL {
+        let sums = kern.dot_tl(l.block(u), a.lut(tok));
+        let n = (l.rows - tl::ROWS * u).min(tl::ROWS);
+        for &d in &sums[..n] {
+            ys.push(l.finish(d, a.scales[tok]));
+        }
+        (tl::ROWS * u, ys)
+    } else {
+        ys.push(row_dot(kern, l, a, tok, u));
+        (u, ys)
+    }
+}
+
+/// Up to 32 outputs on the stack.
+pub(super) struct UnitOut {
+    v: [f32; tl::ROWS],
+    n: usize,
+}
+
+impl UnitOut {
+    fn new() -> Self {
+        UnitOut {
+            v: [0.0; tl::ROWS],
+            n: 0,
+        }
+    }
+    fn push(&mut self, y: f32) {
+        self.v[self.n] = y;
+        self.n += 1;
+    }
+}
+
+impl std::ops::Deref for UnitOut {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        &self.v[..self.n]
     }
 }
 
@@ -144,7 +253,7 @@ pub fn matmul_many(kern: Kernel, ls: &[&Linear], a: &QuantizedBatch) -> Vec<Vec<
     let tasks: Vec<(usize, usize)> = ls
         .iter()
         .enumerate()
-        .flat_map(|(li, l)| (0..l.rows.div_ceil(ROWS)).map(move |c| (li, c)))
+        .flat_map(|(li, l)| (0..tiles(l)).map(move |c| (li, c)))
         .collect();
     tasks
         .into_par_iter()
@@ -229,7 +338,12 @@ impl<'w, 'a> Session<'w, 'a> {
             .map(|i| RopeAt::new(self.pos + i, &self.inv_freq))
             .collect();
         for (li, layer) in self.w.layers.iter().enumerate() {
-            let xn = QuantizedBatch::new(&norm_rows(&x, &layer.input_norm, hidden), hidden);
+            let xn = QuantizedBatch::for_layers(
+                &norm_rows(&x, &layer.input_norm, hidden),
+                hidden,
+                kern,
+                &[&layer.q, &layer.k, &layer.v],
+            );
             let mut qkv = matmul_many(kern, &[&layer.q, &layer.k, &layer.v], &xn).into_iter();
             let (mut q, mut k, v) = (
                 qkv.next().expect("q"),
@@ -267,9 +381,15 @@ impl<'w, 'a> Session<'w, 'a> {
             if let Some(g) = &layer.attn_sub_norm {
                 attn = norm_rows(&attn, g, nh * hd);
             }
-            let o = matmul(kern, &layer.o, &QuantizedBatch::new(&attn, nh * hd));
+            let a = QuantizedBatch::for_layers(&attn, nh * hd, kern, &[&layer.o]);
+            let o = matmul(kern, &layer.o, &a);
             x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
-            let xn = QuantizedBatch::new(&norm_rows(&x, &layer.post_norm, hidden), hidden);
+            let xn = QuantizedBatch::for_layers(
+                &norm_rows(&x, &layer.post_norm, hidden),
+                hidden,
+                kern,
+                &[&layer.gate, &layer.up],
+            );
             let mut gu = matmul_many(kern, &[&layer.gate, &layer.up], &xn).into_iter();
             let (g, u) = (gu.next().expect("gate"), gu.next().expect("up"));
             let ff = layer.gate.rows;
@@ -281,7 +401,11 @@ impl<'w, 'a> Session<'w, 'a> {
             if let Some(s) = &layer.ffn_sub_norm {
                 m = norm_rows(&m, s, ff);
             }
-            let d = matmul(kern, &layer.down, &QuantizedBatch::new(&m, ff));
+            let d = matmul(
+                kern,
+                &layer.down,
+                &QuantizedBatch::for_layers(&m, ff, kern, &[&layer.down]),
+            );
             x.iter_mut().zip(&d).for_each(|(a, b)| *a += b);
         }
         self.pos += t;

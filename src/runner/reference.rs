@@ -7,7 +7,6 @@ use super::ops::{dot, gated, rms_norm, rope, rope_inv_freq, softmax};
 use super::weights::{Linear, Weights};
 use crate::error::Result;
 use crate::kernels::quantize_act;
-use crate::quant::unpack_row;
 use rayon::prelude::*;
 
 /// `y = W x` with per-token int8 activations: the integer dot product over unpacked weights,
@@ -21,7 +20,7 @@ pub fn linear(l: &Linear, x: &[f32]) -> Vec<f32> {
         .map_init(
             || vec![0i8; l.k],
             |w, r| {
-                unpack_row(l.dtype, l.row(r), w);
+                l.unpack_row(r, w);
                 let d: i32 = w.iter().zip(&q).map(|(&a, &b)| a as i32 * b as i32).sum();
                 l.finish(d, s_a)
             },

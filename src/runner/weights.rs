@@ -4,22 +4,45 @@
 use crate::error::{Error, Result};
 use crate::format::bnet::{DType, Scale};
 use crate::format::BnetFile;
+use crate::kernels::tl;
 use crate::model::{Activation, ModelConfig};
 use crate::quant::{self, Float};
 
-/// A quantized projection `[rows, k]` (T2 or B1), read straight from the mapping.
+/// A quantized projection `[rows, k]` (T2, B1 or TL), read straight from the mapping.
 pub struct Linear<'a> {
     pub data: &'a [u8],
     pub dtype: DType,
     pub rows: usize,
     pub k: usize,
-    pub row_bytes: usize,
+    /// Bytes of one row (T2, B1) or of one 32-row block (TL).
+    pub unit_bytes: usize,
     pub scale: Scale,
 }
 
 impl Linear<'_> {
+    /// Row `r` of a T2 or B1 projection.
     pub fn row(&self, r: usize) -> &[u8] {
-        &self.data[r * self.row_bytes..(r + 1) * self.row_bytes]
+        debug_assert_ne!(self.dtype, DType::TL);
+        &self.data[r * self.unit_bytes..(r + 1) * self.unit_bytes]
+    }
+    /// What the kernels compute one at a time: rows, or 32-row blocks for TL.
+    pub fn units(&self) -> usize {
+        match self.dtype {
+            DType::TL => self.rows.div_ceil(tl::ROWS),
+            _ => self.rows,
+        }
+    }
+    /// Block `b` of a TL projection.
+    pub fn block(&self, b: usize) -> &[u8] {
+        &self.data[b * self.unit_bytes..(b + 1) * self.unit_bytes]
+    }
+    /// Chunks of 24 columns per TL row (the activation tables' length).
+    pub fn tl_chunks(&self) -> usize {
+        self.k.div_ceil(tl::CHUNK_COLS)
+    }
+    /// Row `r` as ternary (or binary) values.
+    pub fn unpack_row(&self, r: usize, out: &mut [i8]) {
+        quant::unpack_tensor_row(self.dtype, self.data, self.k, r, out)
     }
     /// Activations are padded to this many int8 values (whole 256-weight blocks).
     pub fn k_padded(&self) -> usize {
@@ -168,7 +191,10 @@ impl<'a> Weights<'a> {
                 dtype: e.dtype,
                 rows: rows as usize,
                 k: k as usize,
-                row_bytes: e.dtype.row_bytes(k).expect("checked at open") as usize,
+                unit_bytes: match e.dtype {
+                    DType::TL => (k as usize).div_ceil(tl::CHUNK_COLS) * tl::CHUNK_BYTES,
+                    d => d.row_bytes(k).expect("checked at open") as usize,
+                },
                 scale: e.scale,
             })
         };
