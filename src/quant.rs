@@ -357,34 +357,53 @@ pub fn unpack_tensor_row(dtype: DType, data: &[u8], k: usize, r: usize, out: &mu
 }
 
 /// True when TL data holds only indices 0 … 13, no negated zero, and zero weights in the
-/// padding rows and columns (formats/bnet.md §4.4).
+/// padding rows and columns (formats/bnet.md §4.4). Every chunk gets the two code rules, written
+/// lane by lane over the 32 rows so they vectorize (a weight-by-weight scan took seconds on a
+/// 2B model at every open); padding needs the weights only in the last chunk of each block
+/// and in the rows past `rows`.
 fn tl_is_canonical(data: &[u8], rows: usize, k: usize) -> bool {
     use rayon::prelude::*;
     let chunks = k.div_ceil(tl::CHUNK_COLS);
     if chunks == 0 || data.len() != tl_len(rows, k) {
         return false;
     }
-    data.par_chunks(chunks * tl::CHUNK_BYTES)
-        .enumerate()
-        .all(|(b, block)| {
-            block
-                .chunks_exact(tl::CHUNK_BYTES)
-                .enumerate()
-                .all(|(c, ch)| {
-                    (0..tl::ROWS).all(|p| {
-                        (0..8).all(|g| {
-                            let i = (ch[32 + 32 * (g / 2) + p] >> (4 * (g % 2))) & 15;
-                            let neg = (ch[p] >> g) & 1 == 1;
-                            let row_pad = tl::ROWS * b + p >= rows;
-                            let w = tl::decode(i.min(13), neg);
-                            i <= 13
-                                && !(i == 0 && neg)
-                                && (0..3)
-                                    .all(|t| w[t] == 0 || !(row_pad || tl::column(c, g, t) >= k))
-                        })
-                    })
+    let codes_ok = data.par_chunks(tl::CHUNK_BYTES * 256).all(|part| {
+        let bad = part.chunks_exact(tl::CHUNK_BYTES).fold(0u8, |bad, ch| {
+            let (signs, nib) = ch.split_at(tl::ROWS);
+            let mut acc = bad;
+            for p in 0..tl::ROWS {
+                let mut zero = 0u8;
+                for h in 0..4 {
+                    let b = nib[tl::ROWS * h + p];
+                    let (lo, hi) = (b & 15, b >> 4);
+                    acc |= (lo > 13) as u8 | (hi > 13) as u8;
+                    zero |= ((lo == 0) as u8) << (2 * h) | ((hi == 0) as u8) << (2 * h + 1);
+                }
+                acc |= signs[p] & zero;
+            }
+            acc
+        });
+        bad == 0
+    });
+    let block_bytes = chunks * tl::CHUNK_BYTES;
+    let mut w = vec![0i8; k];
+    let pad_rows_ok = (rows..rows.next_multiple_of(tl::ROWS)).all(|r| {
+        unpack_tl_row(data, k, r, &mut w);
+        w.iter().all(|&v| v == 0)
+    });
+    // the columns past k live in the last chunk of each block
+    let pad_cols_ok = k % tl::CHUNK_COLS == 0
+        || data.par_chunks(block_bytes).all(|block| {
+            let ch = &block[block_bytes - tl::CHUNK_BYTES..];
+            (0..tl::ROWS).all(|p| {
+                (0..8).all(|g| {
+                    let i = (ch[32 + 32 * (g / 2) + p] >> (4 * (g % 2))) & 15;
+                    let d = tl::decode(i.min(13), (ch[p] >> g) & 1 == 1);
+                    (0..3).all(|t| d[t] == 0 || tl::column(chunks - 1, g, t) < k)
                 })
-        })
+            })
+        });
+    codes_ok && pad_rows_ok && pad_cols_ok
 }
 
 /// True when packed data holds no code 3 (T2) and all padding is canonical (formats/bnet.md §4).

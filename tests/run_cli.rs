@@ -328,43 +328,69 @@ fn verify_against_another_reference() {
     assert_eq!(o.status.code(), Some(0));
 }
 
-/// A container that is self-consistent (every checksum right) but holds the invalid T2 code 3
-/// is refused by the runner, and flagged by verify, instead of being run with a weight of +2.
+/// A container that is self-consistent (every checksum right) but holds invalid packed codes
+/// (T2 code 3; TL index 14 or 15, or a negated zero) is refused by the runner, and flagged by
+/// verify, instead of being run with a weight of +2 or garbage.
 #[test]
 fn runner_refuses_invalid_codes_even_with_valid_checksums() {
-    let tmp = tempfile::tempdir().unwrap();
-    let m = packed("bitnet-latent", tmp.path(), &[]);
-    let f = bitnet::format::BnetFile::open(&m).unwrap();
-    let bad = tmp.path().join("bad.bnet");
-    let mut w =
-        bitnet::format::bnet::Writer::new(std::fs::File::create(&bad).unwrap(), &bad).unwrap();
-    for e in &f.index.entries {
-        let mut data = f.data(e).to_vec();
-        if e.name == "model.layers.1.mlp.up_proj.weight" {
-            data[5] = 0xff; // four fields of code 3
+    type Damage = fn(&mut [u8]);
+    let cases: [(&[&str], Damage, &str); 3] = [
+        // four fields of code 3
+        (&[], |d| d[5] = 0xff, "invalid code 3"),
+        // index 14 in both nibbles of row 0's first pair
+        (
+            &["--ternary-layout", "tl"],
+            |d| d[32] = 0xEE,
+            "invalid TL codes",
+        ),
+        // sign bits over index 0 (a negated zero)
+        (
+            &["--ternary-layout", "tl"],
+            |d| {
+                d[0] = 0xff;
+                d[32..160].fill(0);
+            },
+            "invalid TL codes",
+        ),
+    ];
+    for (args, damage, verify_says) in cases {
+        let tmp = tempfile::tempdir().unwrap();
+        let m = packed("bitnet-latent", tmp.path(), args);
+        let f = bitnet::format::BnetFile::open(&m).unwrap();
+        let bad = tmp.path().join("bad.bnet");
+        let mut w =
+            bitnet::format::bnet::Writer::new(std::fs::File::create(&bad).unwrap(), &bad).unwrap();
+        for e in &f.index.entries {
+            let mut data = f.data(e).to_vec();
+            if e.name == "model.layers.1.mlp.up_proj.weight" {
+                damage(&mut data);
+            }
+            w.tensor(&e.name, e.dtype, &e.shape, e.scale, &data)
+                .unwrap();
         }
-        w.tensor(&e.name, e.dtype, &e.shape, e.scale, &data)
+        w.finish(&f.index.meta).unwrap();
+        let o = Command::cargo_bin("bitnet-run")
+            .unwrap()
+            .arg(&bad)
+            .args(["--ids", "0,42"])
+            .output()
             .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        assert!(String::from_utf8_lossy(&o.stderr)
+            .contains("model.layers.1.mlp.up_proj.weight holds invalid packed codes"));
+        let o = Command::cargo_bin("bitnet-inspect")
+            .unwrap()
+            .arg(&bad)
+            .arg("--verify")
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            out.contains(&format!("model.layers.1.mlp.up_proj.weight: {verify_says}")),
+            "{out}"
+        );
     }
-    w.finish(&f.index.meta).unwrap();
-    let o = Command::cargo_bin("bitnet-run")
-        .unwrap()
-        .arg(&bad)
-        .args(["--ids", "0,42"])
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&o.stderr)
-        .contains("model.layers.1.mlp.up_proj.weight holds invalid packed codes"));
-    let o = Command::cargo_bin("bitnet-inspect")
-        .unwrap()
-        .arg(&bad)
-        .arg("--verify")
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&o.stdout)
-        .contains("model.layers.1.mlp.up_proj.weight: invalid code 3"));
 }
 
 /// The fixture's chat template renders as transformers' `apply_chat_template` would (BOS from

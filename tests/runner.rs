@@ -8,10 +8,11 @@
 //! (1e-4), and greedy tokens must agree wherever the golden top-1/top-2 margin exceeds
 //! 2 · `FLIP_BAND`.
 
+use bitnet::format::bnet::DType;
 use bitnet::format::BnetFile;
 use bitnet::hf::{Checkpoint, Sources};
 use bitnet::kernels::Kernel;
-use bitnet::pack::{pack, PackOptions};
+use bitnet::pack::{pack, Layout, PackOptions};
 use bitnet::runner::{fast::Session, reference, weights::Weights};
 use safetensors::SafeTensors;
 use std::path::{Path, PathBuf};
@@ -28,6 +29,10 @@ const FIXTURES: &[&str] = &[
 ];
 
 fn packed(dir: &str, tmp: &Path) -> PathBuf {
+    packed_with(dir, tmp, &PackOptions::default())
+}
+
+fn packed_with(dir: &str, tmp: &Path, opts: &PackOptions) -> PathBuf {
     let src = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("fixtures")
         .join(dir);
@@ -39,9 +44,9 @@ fn packed(dir: &str, tmp: &Path) -> PathBuf {
         },
     )
     .unwrap();
-    let out = tmp.join(format!("{dir}.bnet"));
+    let out = tmp.join(format!("{dir}-{:?}.bnet", opts.layout));
     let f = std::fs::File::create(&out).unwrap();
-    pack(&ck, f, &out, &PackOptions::default(), &|_| {}).unwrap();
+    pack(&ck, f, &out, opts, &|_| {}).unwrap();
     out
 }
 
@@ -194,6 +199,60 @@ fn fast_runner_matches_reference_on_every_kernel_path() {
                         );
                     }
                 }
+            }
+        }
+    }
+}
+
+/// The TL layout holds the same weights as T2 and its kernels compute the same integer dots, so
+/// a TL container gives the T2 container's logits bit for bit: the reference, the batched
+/// prompt (four tokens per kernel call plus the remainder) and decoding, on every path.
+#[test]
+fn tl_layout_gives_the_t2_layouts_bits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bits = |v: &[Vec<f32>]| {
+        v.iter()
+            .flat_map(|l| l.iter().map(|x| x.to_bits()))
+            .collect::<Vec<_>>()
+    };
+    let tl = PackOptions {
+        layout: Layout::TL,
+        ..Default::default()
+    };
+    for dir in FIXTURES {
+        let (ft2, ftl) = (
+            BnetFile::open(&packed(dir, tmp.path())).unwrap(),
+            BnetFile::open(&packed_with(dir, tmp.path(), &tl)).unwrap(),
+        );
+        assert!(ftl.index.entries.iter().any(|e| e.dtype == DType::TL));
+        let (w2, wl) = (Weights::load(&ft2).unwrap(), Weights::load(&ftl).unwrap());
+        for g in goldens(dir) {
+            let (r2, rl) = (
+                reference::logits(&w2, &g.ids).unwrap(),
+                reference::logits(&wl, &g.ids).unwrap(),
+            );
+            assert!(bits(&r2) == bits(&rl), "{dir}: reference differs");
+            for kern in Kernel::all_available() {
+                let batched = |w| Session::new(w, kern).forward(&g.ids, true).unwrap();
+                assert!(
+                    bits(&batched(&w2)) == bits(&batched(&wl)),
+                    "{dir} {}: prompt differs",
+                    kern.name()
+                );
+                let decoded = |w| {
+                    let mut s = Session::new(w, kern);
+                    let v: Vec<Vec<f32>> = g
+                        .ids
+                        .iter()
+                        .map(|&id| s.forward(&[id], false).unwrap().remove(0))
+                        .collect();
+                    v
+                };
+                assert!(
+                    bits(&decoded(&w2)) == bits(&decoded(&wl)),
+                    "{dir} {}: decode differs",
+                    kern.name()
+                );
             }
         }
     }

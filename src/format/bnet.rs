@@ -818,10 +818,14 @@ pub fn verify(index: &Index, bytes: &[u8]) -> VerifyReport {
             e.dtype.is_packed() && !crate::quant::packed_is_canonical(e, index.data(bytes, e))
         })
         .map(|e| {
-            format!(
-                "{}: invalid code 3 or non-zero padding in packed data",
-                e.name
-            )
+            let what = match e.dtype {
+                DType::T2 => "invalid code 3 or non-zero padding in packed data",
+                DType::TL => {
+                    "invalid TL codes (index 14 or 15, or a negated zero) or non-zero padding"
+                }
+                _ => "non-zero padding in packed data",
+            };
+            format!("{}: {what}", e.name)
         })
         .collect();
     // NaN or infinity in float data (norms, embeddings, int8 row scales): checksums cannot tell

@@ -154,8 +154,19 @@ impl Kernel {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: a `Kernel` holding this path exists only if the CPU has it (AVX-512
             // implies AVX2); the function checks the lengths it relies on.
-            Path::Avx2 | Path::Avx512 => unsafe { tl::x86::dot_avx2(block, lut) },
+            Path::Avx2 | Path::Avx512 => unsafe { tl::x86::dot_avx2(block, [lut])[0] },
             _ => tl::dot_scalar(block, lut),
+        }
+    }
+
+    /// `dot_tl` of one block against four tables at once (a prompt's tokens).
+    #[inline]
+    pub fn dot_tl_x4(self, block: &[u8], luts: [&[u8]; 4]) -> [[i32; tl::ROWS]; 4] {
+        match self.0 {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            Path::Avx2 | Path::Avx512 => unsafe { tl::x86::dot_avx2(block, luts) },
+            _ => luts.map(|l| tl::dot_scalar(block, l)),
         }
     }
 

@@ -123,20 +123,23 @@ pub mod x86 {
     use crate::kernels::x86::prefetch;
     use std::arch::x86_64::*;
 
+    /// The 32 row sums of one block against the tables of `N` activation vectors: the
+    /// indices and sign masks are unpacked once and used `N` times (prompts use `N = 4`).
+    ///
     /// # Safety
-    /// The CPU must support AVX2. `block.len()` is a multiple of `CHUNK_BYTES` and `lut` holds
-    /// at least as many chunks.
+    /// The CPU must support AVX2. `block.len()` is a multiple of `CHUNK_BYTES`; every table
+    /// holds at least as many chunks (checked).
     #[target_feature(enable = "avx2")]
-    pub unsafe fn dot_avx2(block: &[u8], lut: &[u8]) -> [i32; ROWS] {
+    pub unsafe fn dot_avx2<const N: usize>(block: &[u8], luts: [&[u8]; N]) -> [[i32; ROWS]; N] {
         let chunks = block.len() / CHUNK_BYTES;
-        assert!(lut.len() >= chunks * LUT_CHUNK_BYTES);
+        assert!(luts.iter().all(|l| l.len() >= chunks * LUT_CHUNK_BYTES));
         let m4 = _mm256_set1_epi8(0x0F);
         let zero = _mm256_setzero_si256();
-        let mut wide = [zero; 4];
+        let mut wide = [[zero; 4]; N];
         let mut c = 0;
         while c < chunks {
             let end = (c + WIDEN_EVERY).min(chunks);
-            let (mut a0, mut a1, mut negs) = (zero, zero, zero);
+            let (mut a0, mut a1, mut negs) = ([zero; N], [zero; N], zero);
             for cc in c..end {
                 let p = block.as_ptr().add(cc * CHUNK_BYTES);
                 prefetch(
@@ -144,55 +147,63 @@ pub mod x86 {
                     CHUNK_BYTES,
                 );
                 let signs = _mm256_loadu_si256(p as *const __m256i);
-                let t = lut.as_ptr().add(cc * LUT_CHUNK_BYTES);
                 macro_rules! group {
-                    ($idx:expr, $g:literal) => {{
+                    ($g:literal) => {{
+                        let nib = _mm256_loadu_si256(p.add(32 + 16 * ($g & !1)) as *const __m256i);
+                        let idx = if $g % 2 == 0 {
+                            _mm256_and_si256(nib, m4)
+                        } else {
+                            _mm256_and_si256(_mm256_srli_epi16::<4>(nib), m4)
+                        };
                         // the top bit of each byte after the shift is sign bit g: all ones
                         // where the entry is negated
                         let m = _mm256_cmpgt_epi8(zero, _mm256_slli_epi16::<{ 7 - $g }>(signs));
-                        let tg = t.add(32 * $g);
-                        let tlo = _mm256_broadcastsi128_si256(_mm_loadu_si128(tg as *const _));
-                        let thi =
-                            _mm256_broadcastsi128_si256(_mm_loadu_si128(tg.add(16) as *const _));
-                        let lo = _mm256_xor_si256(_mm256_shuffle_epi8(tlo, $idx), m);
-                        let hi = _mm256_xor_si256(_mm256_shuffle_epi8(thi, $idx), m);
-                        a0 = _mm256_add_epi16(a0, _mm256_unpacklo_epi8(lo, hi));
-                        a1 = _mm256_add_epi16(a1, _mm256_unpackhi_epi8(lo, hi));
                         negs = _mm256_sub_epi8(negs, m);
+                        for t in 0..N {
+                            let tg = luts[t].as_ptr().add(cc * LUT_CHUNK_BYTES + 32 * $g);
+                            let tlo = _mm256_broadcastsi128_si256(_mm_loadu_si128(tg as *const _));
+                            let thi = _mm256_broadcastsi128_si256(_mm_loadu_si128(
+                                tg.add(16) as *const _
+                            ));
+                            let lo = _mm256_xor_si256(_mm256_shuffle_epi8(tlo, idx), m);
+                            let hi = _mm256_xor_si256(_mm256_shuffle_epi8(thi, idx), m);
+                            a0[t] = _mm256_add_epi16(a0[t], _mm256_unpacklo_epi8(lo, hi));
+                            a1[t] = _mm256_add_epi16(a1[t], _mm256_unpackhi_epi8(lo, hi));
+                        }
                     }};
                 }
-                macro_rules! pair {
-                    ($h:literal, $g0:literal, $g1:literal) => {{
-                        let nib = _mm256_loadu_si256(p.add(32 + 32 * $h) as *const __m256i);
-                        let i0 = _mm256_and_si256(nib, m4);
-                        let i1 = _mm256_and_si256(_mm256_srli_epi16::<4>(nib), m4);
-                        group!(i0, $g0);
-                        group!(i1, $g1);
-                    }};
-                }
-                pair!(0, 0, 1);
-                pair!(1, 2, 3);
-                pair!(2, 4, 5);
-                pair!(3, 6, 7);
+                group!(0);
+                group!(1);
+                group!(2);
+                group!(3);
+                group!(4);
+                group!(5);
+                group!(6);
+                group!(7);
             }
-            // the +1 of every negation (at most 64 per byte)
-            a0 = _mm256_add_epi16(a0, _mm256_unpacklo_epi8(negs, zero));
-            a1 = _mm256_add_epi16(a1, _mm256_unpackhi_epi8(negs, zero));
-            // a0 holds rows 0-7 | 16-23, a1 rows 8-15 | 24-31 (unpack works per 128-bit lane)
-            let halves = [
-                _mm256_castsi256_si128(a0),
-                _mm256_castsi256_si128(a1),
-                _mm256_extracti128_si256::<1>(a0),
-                _mm256_extracti128_si256::<1>(a1),
-            ];
-            for (w, h) in wide.iter_mut().zip(halves) {
-                *w = _mm256_add_epi32(*w, _mm256_cvtepi16_epi32(h));
+            for t in 0..N {
+                // the +1 of every negation (at most 64 per byte)
+                let b0 = _mm256_add_epi16(a0[t], _mm256_unpacklo_epi8(negs, zero));
+                let b1 = _mm256_add_epi16(a1[t], _mm256_unpackhi_epi8(negs, zero));
+                // b0 holds rows 0-7 | 16-23, b1 rows 8-15 | 24-31 (unpack works per 128-bit
+                // lane)
+                let halves = [
+                    _mm256_castsi256_si128(b0),
+                    _mm256_castsi256_si128(b1),
+                    _mm256_extracti128_si256::<1>(b0),
+                    _mm256_extracti128_si256::<1>(b1),
+                ];
+                for (w, h) in wide[t].iter_mut().zip(halves) {
+                    *w = _mm256_add_epi32(*w, _mm256_cvtepi16_epi32(h));
+                }
             }
             c = end;
         }
-        let mut out = [0i32; ROWS];
-        for (i, w) in wide.iter().enumerate() {
-            _mm256_storeu_si256(out.as_mut_ptr().add(8 * i) as *mut __m256i, *w);
+        let mut out = [[0i32; ROWS]; N];
+        for (o, w) in out.iter_mut().zip(&wide) {
+            for (i, v) in w.iter().enumerate() {
+                _mm256_storeu_si256(o.as_mut_ptr().add(8 * i) as *mut __m256i, *v);
+            }
         }
         out
     }

@@ -125,15 +125,28 @@ impl Shared {
 fn tile(kern: Kernel, l: &Linear, a: &QuantizedBatch, c: usize, out: &Shared) {
     let t = a.tokens();
     if l.dtype == DType::TL {
-        // token by token over TL_TILE blocks: one token's tables stay in L1/L2 while the
+        // four tokens at a time over TL_TILE blocks: their tables stay in L1/L2 while the
         // blocks (in L2) are multiplied
         let blocks = c * TL_TILE..((c + 1) * TL_TILE).min(l.units());
-        for tok in 0..t {
+        let put = |tok: usize, b: usize, sums: &[i32; tl::ROWS]| {
+            let n = (l.rows - tl::ROWS * b).min(tl::ROWS);
+            for (i, &d) in sums[..n].iter().enumerate() {
+                out.set(tok * l.rows + tl::ROWS * b + i, l.finish(d, a.scales[tok]));
+            }
+        };
+        let mut tok = 0;
+        while tok + 4 <= t {
+            let luts = [a.lut(tok), a.lut(tok + 1), a.lut(tok + 2), a.lut(tok + 3)];
             for b in blocks.clone() {
-                let (r0, ys) = unit_rows(kern, l, a, tok, b);
-                for (i, y) in ys.iter().enumerate() {
-                    out.set(tok * l.rows + r0 + i, *y);
+                for (u, sums) in kern.dot_tl_x4(l.block(b), luts).iter().enumerate() {
+                    put(tok + u, b, sums);
                 }
+            }
+            tok += 4;
+        }
+        for tok in tok..t {
+            for b in blocks.clone() {
+                put(tok, b, &kern.dot_tl(l.block(b), a.lut(tok)));
             }
         }
         return;

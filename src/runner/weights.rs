@@ -183,7 +183,7 @@ impl<'a> Weights<'a> {
             // a kernel would run as weight +2: refuse it here rather than compute nonsense.
             if !crate::quant::packed_is_canonical(e, f.data(e)) {
                 return Err(Error::format(format!(
-                    "{name} holds invalid packed codes (code 3 or non-zero padding); the file is damaged or was not written by bitnet-pack"
+                    "{name} holds invalid packed codes (T2 code 3, TL index 14/15 or negated zero, or non-zero padding); the file is damaged or was not written by bitnet-pack"
                 )));
             }
             Ok(Linear {
