@@ -419,3 +419,46 @@ fn head_shapes_are_checked() {
         assert!(e.contains(says), "{key} {bad}: {e}");
     }
 }
+
+/// formats/bnet.md §4.4's worked example, byte for byte, and back; the size formula.
+#[test]
+fn tl_worked_example_is_byte_exact() {
+    let w = [1i8, -1, 0, 0, 1];
+    let b = bitnet::quant::pack_tl(1, 5, |_, out| out.copy_from_slice(&w));
+    let mut want = vec![0u8; 160];
+    want[0] = 0x02; // row 0: group 1 negated
+    want[32] = 0x99; // groups 0 and 1: index 9
+    want[96] = 0x09; // group 4: index 9
+    assert_eq!(b, want);
+    let mut back = [7i8; 5];
+    bitnet::quant::unpack_tl_row(&b, 5, 0, &mut back);
+    assert_eq!(back, w);
+    assert_eq!(DType::TL.data_len(&[1, 5]), Some(160));
+    assert_eq!(DType::TL.data_len(&[2560, 2560]), Some(80 * 107 * 160));
+    assert_eq!(DType::TL.data_len(&[33, 24]), Some(2 * 160));
+    assert_eq!(DType::TL.data_len(&[u64::MAX, 24]), None);
+    assert_eq!(DType::from_id(18), Some(DType::TL));
+}
+
+/// A TL tensor makes the file 1.2; a 1.1 header over TL data is refused at open.
+#[test]
+fn tl_needs_version_1_2() {
+    let data = bitnet::quant::pack_tl(1, 5, |_, out| out.copy_from_slice(&[1, -1, 0, 0, 1]));
+    let mut w = Writer::new(Cursor::new(Vec::new()), "x.bnet".as_ref()).unwrap();
+    let s = Scale {
+        value: 1.5,
+        op: ScaleOp::Divide,
+        source_dtype: DType::F32,
+    };
+    w.tensor("w", DType::TL, &[1, 5], s, &data).unwrap();
+    w.tensor("file:config.json", DType::U8, &[2], Scale::NONE, b"{}")
+        .unwrap();
+    let mut good = w.finish(&json!({})).unwrap().0.into_inner();
+    assert_eq!(&good[8..12], &[1, 0, 2, 0], "TL: version 1.2");
+    let idx = Index::parse(&good[..]).unwrap();
+    assert!(bnet::verify(&idx, &good).ok());
+    good[10] = 1;
+    reseal(&mut good);
+    let e = Index::parse(&good[..]).unwrap_err().to_string();
+    assert!(e.contains("uses data type TL, which needs 1.2"), "{e}");
+}
