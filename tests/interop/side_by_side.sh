@@ -4,7 +4,7 @@
 # both runners alike. Prints one line per run: "RUNNER FILE tTHREADS {json}"; summarize with
 #   python3 tests/interop/summarize_bench.py OUT [OUT ...]
 # Files (made by the commands in README.md, "Side by side with llama.cpp"):
-#   $DIR/b2b4t-silu{,-i8,-q4}.bnet, $DIR/b2b4t-silu.{tq2_0,tq2_0-q,tq2_0-q4e,tq1_0}.gguf
+#   $DIR/b2b4t-silu{,-i8,-q4,-q4-tl}.bnet, $DIR/b2b4t-silu.{tq2_0,tq2_0-q,tq2_0-q4e,tq1_0}.gguf
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DIR=${DIR:-/tmp}
@@ -14,7 +14,7 @@ ours() { echo "ours $1 t$2 $(./target/release/bitnet-run "$DIR/$1.bnet" --bench 
 llama() { echo "llama $1 t$2 $("$PY" tests/interop/bench_llama_cpp.py "$DIR/b2b4t-silu.$1.gguf" --threads "$2" 2>/dev/null | tr -d '\n ')"; }
 for t in 1 2; do
   for _ in $(seq "$REPS"); do
-    ours b2b4t-silu-q4 "$t"; llama tq2_0-q4e "$t"; ours b2b4t-silu-i8 "$t"; llama tq2_0-q "$t"
+    ours b2b4t-silu-q4-tl "$t"; llama tq2_0-q4e "$t"; ours b2b4t-silu-q4 "$t"; llama tq2_0-q "$t"; ours b2b4t-silu-i8 "$t"
   done
 done
 for t in 1 2; do ours b2b4t-silu "$t"; llama tq2_0 "$t"; llama tq1_0 "$t"; done

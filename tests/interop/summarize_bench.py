@@ -1,7 +1,7 @@
 """Summarizes tests/interop/side_by_side.sh output: per runner, file and thread count, the median
 and range of prompt and decode tokens/s and the range of decode's share of the read bandwidth;
-then, per thread count, decode of our q4-head file over the faster of llama.cpp's two
-head-matched files within each interleaved block. Standard library only."""
+then, per thread count, decode of our q4-head files (T2 and TL layouts) over the faster of
+llama.cpp's two head-matched files within each interleaved block. Standard library only."""
 import collections
 import json
 import statistics
@@ -41,13 +41,15 @@ def main(paths):
         for path, runner, name, t, report in order:
             if t == threads:
                 blocks[path][name].append(report["decode_tokens_per_s"])
-        ratios = []
-        for by_file in blocks.values():
-            ours, q4e, q6k = by_file["b2b4t-silu-q4"], by_file["tq2_0-q4e"], by_file["tq2_0-q"]
-            ratios += [o / max(a, b) for o, a, b in zip(ours, q4e, q6k)]
-        if ratios:
-            print(f"decode q4 vs faster llama.cpp, {threads}: median {statistics.median(ratios):.2f}x "
-                  f"({min(ratios):.2f}-{max(ratios):.2f}, {len(ratios)} blocks)")
+        for mine in ("b2b4t-silu-q4", "b2b4t-silu-q4-tl"):
+            ratios = []
+            for by_file in blocks.values():
+                ours, q4e, q6k = by_file[mine], by_file["tq2_0-q4e"], by_file["tq2_0-q"]
+                ratios += [o / max(a, b) for o, a, b in zip(ours, q4e, q6k)]
+            if ratios:
+                print(f"decode {mine} vs faster llama.cpp, {threads}: median "
+                      f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f}, "
+                      f"{len(ratios)} blocks)")
 
 
 if __name__ == "__main__":
