@@ -1,5 +1,5 @@
-//! Matrix-vector kernels at the BitNet b1.58 2B-4T shapes, per kernel path, as GB/s of packed
-//! weights, beside this machine's memory read bandwidth (`memory/read_*`), so the kernels can
+//! Matrix-vector kernels at the BitNet b1.58 2B-4T shapes, per kernel path and ternary layout,
+//! as GB/s of packed weights, beside this machine's memory read bandwidth (`memory/read_*`), so the kernels can
 //! be judged against what the memory can deliver.
 //!
 //! cargo bench --bench kernels
@@ -31,8 +31,24 @@ fn memory(c: &mut Criterion) {
     g.finish();
 }
 
+/// A 2B-4T-shaped projection in `dtype` (T2 or TL) with a fixed pattern of all three weights.
+fn projection(rows: usize, k: usize, dtype: DType) -> Vec<u8> {
+    let row_bytes = k.div_ceil(256) * 64;
+    let t2: Vec<u8> = (0..rows * row_bytes)
+        .map(|i| [0x55u8, 0x96, 0x29, 0x64][i % 4])
+        .collect();
+    match dtype {
+        DType::TL => bitnet::quant::pack_tl(rows, k, |r, out| {
+            bitnet::quant::unpack_t2_row(&t2[r * row_bytes..(r + 1) * row_bytes], out)
+        }),
+        _ => t2,
+    }
+}
+
+/// Both ternary layouts (T2 rows; TL 32-row blocks, 17% fewer bytes) at every shape and path,
+/// as GB/s of the bytes each stores.
 fn matvec(c: &mut Criterion) {
-    let mut g = c.benchmark_group("matvec_t2");
+    let mut g = c.benchmark_group("matvec");
     g.sample_size(20);
     for (rows, k) in [
         (2560usize, 2560usize),
@@ -40,32 +56,56 @@ fn matvec(c: &mut Criterion) {
         (6912, 2560),
         (2560, 6912),
     ] {
-        let row_bytes = k.div_ceil(256) * 64;
-        let data: Vec<u8> = (0..rows * row_bytes)
-            .map(|i| [0x55u8, 0x96, 0x29, 0x64][i % 4])
-            .collect();
-        let l = Linear {
-            data: &data,
-            dtype: DType::T2,
-            rows,
-            k,
-            row_bytes,
-            scale: Scale {
-                value: 2.0,
-                op: ScaleOp::Divide,
-                source_dtype: DType::F32,
-            },
-        };
-        let x: Vec<f32> = (0..k)
-            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
-            .collect();
-        let a = QuantizedBatch::new(&x, k);
-        g.throughput(Throughput::Bytes(data.len() as u64));
-        for kern in Kernel::all_available() {
-            g.bench_function(format!("{}_{rows}x{k}", kern.name()), |b| {
-                b.iter(|| matmul(kern, &l, black_box(&a)))
-            });
+        for dtype in [DType::T2, DType::TL] {
+            let data = projection(rows, k, dtype);
+            let l = Linear {
+                data: &data,
+                dtype,
+                rows,
+                k,
+                unit_bytes: data.len() / rows.div_ceil(if dtype == DType::TL { 32 } else { 1 }),
+                scale: Scale {
+                    value: 2.0,
+                    op: ScaleOp::Divide,
+                    source_dtype: DType::F32,
+                },
+            };
+            let x: Vec<f32> = (0..k)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
+                .collect();
+            g.throughput(Throughput::Bytes(data.len() as u64));
+            for kern in Kernel::all_available() {
+                let a = QuantizedBatch::for_layers(&x, k, kern, &[&l]);
+                let name = format!("{}_{}_{rows}x{k}", dtype.name(), kern.name());
+                g.bench_function(name, |b| b.iter(|| matmul(kern, &l, black_box(&a))));
+            }
         }
+    }
+    g.finish();
+}
+
+/// The TL block kernel alone on one thread, blocks L2-resident (640 rows of 2560: 334 KiB),
+/// tables built: the counterpart of `t2_rows_1thread`.
+fn tl_blocks(c: &mut Criterion) {
+    use bitnet::kernels::tl;
+    let (rows, k) = (640usize, 2560usize);
+    let data = projection(rows, k, DType::TL);
+    let chunks = k.div_ceil(tl::CHUNK_COLS);
+    let act: Vec<i8> = (0..k)
+        .map(|i| ((i * 37 % 255) as i32 - 127) as i8)
+        .collect();
+    let mut g = c.benchmark_group("tl_blocks_1thread");
+    g.throughput(Throughput::Bytes(data.len() as u64));
+    for kern in Kernel::all_available() {
+        let mut lut = vec![0u8; chunks * tl::LUT_CHUNK_BYTES];
+        kern.tl_lut(&act, chunks, &mut lut);
+        g.bench_function(format!("{}_{rows}x{k}", kern.name()), |b| {
+            b.iter(|| {
+                data.chunks_exact(chunks * tl::CHUNK_BYTES)
+                    .map(|block| kern.dot_tl(block, black_box(&lut))[0])
+                    .fold(0i32, i32::wrapping_add)
+            })
+        });
     }
     g.finish();
 }
@@ -126,5 +166,5 @@ fn head_q4(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, memory, matvec, t2_rows, head_q4);
+criterion_group!(benches, memory, matvec, t2_rows, tl_blocks, head_q4);
 criterion_main!(benches);

@@ -8,6 +8,7 @@ use crate::format::ggml::{self, GgmlType};
 use crate::format::gguf::{Gguf, PlannedTensor, TensorInfo, Value};
 use crate::format::BnetFile;
 use crate::model::{Activation, Arch, LinearClass, ModelConfig};
+use crate::pack::Layout;
 use crate::quant::{self, Float};
 use crate::runner::weights::Dense;
 use rayon::prelude::*;
@@ -567,6 +568,8 @@ pub struct ImportOptions {
     /// The FFN activation when the file does not say (arch `bitnet` from llama.cpp's
     /// converter: SiLU there, but BitNet b1.58 2B-4T needs relu2).
     pub activation: Option<Activation>,
+    /// How to store the ternary projections.
+    pub layout: Layout,
 }
 
 /// What an import did.
@@ -937,18 +940,28 @@ pub fn import<W: Write + Seek>(
                     cfg.num_key_value_heads as usize,
                 );
             }
-            let rb = DType::T2.row_bytes(k).expect("small") as usize;
-            let mut packed = vec![0u8; rows as usize * rb];
-            packed
-                .par_chunks_mut(rb)
-                .zip(vals.par_chunks(k as usize))
-                .for_each(|(o, v)| quant::pack_t2_row(v, o));
+            let (dtype, packed) = match opts.layout {
+                Layout::TL => {
+                    let k = k as usize;
+                    let row = |r: usize, out: &mut [i8]| out.copy_from_slice(&vals[r * k..][..k]);
+                    (DType::TL, quant::pack_tl(rows as usize, k, row))
+                }
+                Layout::T2 => {
+                    let rb = DType::T2.row_bytes(k).expect("small") as usize;
+                    let mut packed = vec![0u8; rows as usize * rb];
+                    packed
+                        .par_chunks_mut(rb)
+                        .zip(vals.par_chunks(k as usize))
+                        .for_each(|(o, v)| quant::pack_t2_row(v, o));
+                    (DType::T2, packed)
+                }
+            };
             let sc = Scale {
                 value: scale,
                 op: ScaleOp::Multiply,
                 source_dtype: src,
             };
-            w.tensor(canonical, DType::T2, shape, sc, &packed)?;
+            w.tensor(canonical, dtype, shape, sc, &packed)?;
         } else if t.ty.id == ggml::Q4_0 {
             if let Some(r) = quant::q4_first_bad_row(data, k) {
                 return Err(Error::gguf(format!(

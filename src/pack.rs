@@ -22,8 +22,9 @@ pub enum QuantKind {
 }
 
 /// How ternary projections are laid out (formats/bnet.md §4.1, §4.4).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Layout {
+    #[default]
     /// 2 bits per weight, row by row: every tool reads it, prompts run fastest.
     T2,
     /// 5 bits per 3 weights in 32-row blocks (format version 1.2): 17% fewer bytes for

@@ -392,7 +392,7 @@ fn tl_is_canonical(data: &[u8], rows: usize, k: usize) -> bool {
         w.iter().all(|&v| v == 0)
     });
     // the columns past k live in the last chunk of each block
-    let pad_cols_ok = k % tl::CHUNK_COLS == 0
+    let pad_cols_ok = k.is_multiple_of(tl::CHUNK_COLS)
         || data.par_chunks(block_bytes).all(|block| {
             let ch = &block[block_bytes - tl::CHUNK_BYTES..];
             (0..tl::ROWS).all(|p| {

@@ -377,6 +377,7 @@ fn projections(path: &Path) -> Vec<(String, [u8; 32], f32)> {
 
 /// checkpoint → .bnet → GGUF → .bnet keeps every ternary code; scales agree to the GGUF
 /// type's precision (fp16 in TQ blocks, f32 in I2_S); the re-imported model runs the same.
+/// The TL layout exports the same GGUF bytes as T2, and imports back to the same TL bytes.
 #[test]
 fn fixture_round_trips_keep_codes() {
     let d = tmp();
@@ -392,6 +393,13 @@ fn fixture_round_trips_keep_codes() {
         let bnet = d.path().join(format!("{fx}.bnet"));
         pack(&root().join("fixtures").join(fx), &bnet, &[]);
         let want = projections(&bnet);
+        let tl = d.path().join(format!("{fx}-tl.bnet"));
+        pack(
+            &root().join("fixtures").join(fx),
+            &tl,
+            &["--ternary-layout", "tl"],
+        );
+        let want_tl = projections(&tl);
         for ty in *types {
             let gg = d.path().join(format!("{fx}.{ty}.gguf"));
             let back = d.path().join(format!("{fx}.{ty}.bnet"));
@@ -409,6 +417,19 @@ fn fixture_round_trips_keep_codes() {
                 );
             }
             verifies_against(&back, &bnet);
+            let gg_tl = d.path().join(format!("{fx}-tl.{ty}.gguf"));
+            pack(&tl, &gg_tl, &["--gguf-type", ty]);
+            assert!(
+                std::fs::read(&gg).unwrap() == std::fs::read(&gg_tl).unwrap(),
+                "{fx} {ty}: the TL container exports other bytes"
+            );
+            let back_tl = d.path().join(format!("{fx}.{ty}-tl.bnet"));
+            pack(&gg, &back_tl, &["--ternary-layout", "tl"]);
+            let got = projections(&back_tl);
+            assert_eq!(got.len(), want_tl.len());
+            for ((n, h, _), (n2, h2, _)) in want_tl.iter().zip(&got) {
+                assert_eq!((n, h), (n2, h2), "{fx} {ty}: TL codes of {n} after import");
+            }
         }
     }
 }

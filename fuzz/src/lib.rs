@@ -331,6 +331,7 @@ pub fn check_gguf_import(data: &[u8]) {
         }
         let opts = bitnet::gguf_io::ImportOptions {
             activation: Some(bitnet::model::Activation::Silu),
+            ..Default::default()
         };
         if bitnet::gguf_io::plan_import(&g, &opts).is_err() {
             continue;

@@ -117,6 +117,15 @@ enum Store {
     Q4,
 }
 
+impl From<TernaryLayout> for Layout {
+    fn from(l: TernaryLayout) -> Layout {
+        match l {
+            TernaryLayout::T2 => Layout::T2,
+            TernaryLayout::Tl => Layout::TL,
+        }
+    }
+}
+
 impl From<Store> for StoreAs {
     fn from(s: Store) -> StoreAs {
         match s {
@@ -219,10 +228,7 @@ fn run_pack(a: &Args, file: std::fs::File, dest: &Path, summary: bool) -> Result
         },
         embeddings: a.embeddings.into(),
         lm_head: a.lm_head.into(),
-        layout: match a.ternary_layout {
-            TernaryLayout::T2 => Layout::T2,
-            TernaryLayout::Tl => Layout::TL,
-        },
+        layout: a.ternary_layout.into(),
     };
     let (mut sink, report) = pack(&ck, BackgroundWriter::new(file), dest, &opts, &|n| {
         pb.inc(n)
@@ -332,6 +338,7 @@ fn run_import(a: &Args) -> Result<()> {
             Act::Relu2 => Activation::Relu2,
             Act::Silu => Activation::Silu,
         }),
+        layout: a.ternary_layout.into(),
     };
     let total = g.tensors.iter().map(|t| t.len).sum();
     let pb = progress_bar(total, "importing", a.quiet || a.json);
