@@ -110,13 +110,39 @@ fn base64_prefix(s: &str) -> [u8; 6] {
 
 /// Runs a `tokenizers` call on the stored tokenizer.json, which is untrusted input: the library
 /// panics on some malformed files (a short precompiled charsmap, a template naming a missing
-/// special token, ...). A panic becomes an error; its message still reaches stderr first.
+/// special token, ...). A panic becomes an error, and the library's own panic message is not
+/// printed (see [`quiet_panics`]).
 fn guarded<T>(what: &str, f: impl FnOnce() -> T) -> Result<T> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|_| {
+    quiet_panics();
+    let was = GUARDED.with(|g| g.replace(true));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    GUARDED.with(|g| g.set(was));
+    r.map_err(|_| {
         Error::format(format!(
             "the stored tokenizer.json is malformed: the tokenizer failed while {what}; re-pack the model with a working tokenizer.json (or pass token ids with --ids)"
         ))
     })
+}
+
+thread_local! {
+    /// Whether this thread is inside [`guarded`].
+    static GUARDED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Installs, once per process, a panic hook that is silent for a panic inside [`guarded`] on
+/// the same thread (it becomes a clear error) and hands every other panic to the hook that was
+/// there before. Installed once rather than swapped around each call: swapping races with
+/// panics on other threads.
+fn quiet_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !GUARDED.with(|g| g.get()) {
+                previous(info)
+            }
+        }));
+    });
 }
 
 /// The token ids to run: `--ids` as given, or `--prompt` through the container's tokenizer

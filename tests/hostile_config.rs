@@ -222,6 +222,10 @@ fn damaged_contents_are_errors_not_crashes() {
             assert_eq!(code, Some(2), "{bin}: {err}");
             assert!(err.contains("tokenizer.json is malformed"), "{bin}: {err}");
             assert!(err.contains(says), "{bin}: {err}");
+            assert!(
+                !err.contains("panicked"),
+                "{bin}: the library's panic line: {err}"
+            );
         }
     }
 

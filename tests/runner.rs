@@ -258,6 +258,40 @@ fn tl_layout_gives_the_t2_layouts_bits() {
     }
 }
 
+/// gate and up in different layouts (a hand-made container; bitnet-pack never writes one) are
+/// refused at load: decode pairs them unit by unit.
+#[test]
+fn mixed_gate_and_up_layouts_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = FIXTURES[0];
+    let t2 = BnetFile::open(&packed(dir, tmp.path())).unwrap();
+    let tl_opts = PackOptions {
+        layout: Layout::TL,
+        ..Default::default()
+    };
+    let tl = BnetFile::open(&packed_with(dir, tmp.path(), &tl_opts)).unwrap();
+    let out = tmp.path().join("mixed.bnet");
+    let mut w =
+        bitnet::format::bnet::Writer::new(std::fs::File::create(&out).unwrap(), &out).unwrap();
+    for e in &tl.index.entries {
+        let src = if e.name == "model.layers.0.mlp.up_proj.weight" {
+            &t2
+        } else {
+            &tl
+        };
+        let e = src.index.get(&e.name).unwrap();
+        w.tensor(&e.name, e.dtype, &e.shape, e.scale, src.data(e))
+            .unwrap();
+    }
+    w.finish(&tl.index.meta).unwrap();
+    let f = BnetFile::open(&out).unwrap();
+    let err = Weights::load(&f).err().expect("refused").to_string();
+    assert!(
+        err.contains("layer 0: gate_proj is TL but up_proj is T2"),
+        "{err}"
+    );
+}
+
 /// Sessions decoding at the same time from several threads (a server, say) neither deadlock nor
 /// disturb each other: every one gives the batch path's bits.
 #[test]

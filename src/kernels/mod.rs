@@ -150,6 +150,8 @@ impl Kernel {
     /// The 32 row sums `Σ w·a` of one TL block ([`tl`]) against the tables of `a`.
     #[inline]
     pub fn dot_tl(self, block: &[u8], lut: &[u8]) -> [i32; tl::ROWS] {
+        // a short table would end the scalar sum early (the SIMD path asserts it too)
+        assert!(lut.len() / tl::LUT_CHUNK_BYTES >= block.len() / tl::CHUNK_BYTES);
         match self.0 {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: a `Kernel` holding this path exists only if the CPU has it (AVX-512
@@ -162,6 +164,9 @@ impl Kernel {
     /// `dot_tl` of one block against four tables at once (a prompt's tokens).
     #[inline]
     pub fn dot_tl_x4(self, block: &[u8], luts: [&[u8]; 4]) -> [[i32; tl::ROWS]; 4] {
+        assert!(luts
+            .iter()
+            .all(|l| l.len() / tl::LUT_CHUNK_BYTES >= block.len() / tl::CHUNK_BYTES));
         match self.0 {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above.

@@ -83,6 +83,10 @@ impl QuantizedBatch {
     }
 
     fn lut(&self, tok: usize) -> &[u8] {
+        assert!(
+            self.lut_len > 0,
+            "a TL projection's input must come from QuantizedBatch::for_layers (it has no tables)"
+        );
         &self.lut[tok * self.lut_len..(tok + 1) * self.lut_len]
     }
 }

@@ -236,6 +236,15 @@ impl<'a> Weights<'a> {
                 down: linear(&format!("{p}.mlp.down_proj.weight"), h, ff)?,
             });
         }
+        // decode forms act(gate)·up where both are computed, unit by unit: one layout for both
+        if let Some(i) = layers.iter().position(|l| l.gate.dtype != l.up.dtype) {
+            return Err(Error::format(format!(
+                "layer {i}: gate_proj is {} but up_proj is {}; a container holds both in one \
+                 layout (re-create it with bitnet-pack)",
+                layers[i].gate.dtype.name(),
+                layers[i].up.dtype.name()
+            )));
+        }
         let embed = dense("model.embed_tokens.weight", v, h)?;
         // a tied model may still carry a separately stored head (bitnet-pack --lm-head)
         let lm_head = if cfg.tie_word_embeddings && f.index.get("lm_head.weight").is_none() {
