@@ -226,20 +226,23 @@ proptest! {
         let chunks = k.div_ceil(tl::CHUNK_COLS);
         let mut want_lut = vec![0u8; chunks * tl::LUT_CHUNK_BYTES];
         tl::build_lut_scalar(a, chunks, &mut want_lut);
-        let rev: Vec<i8> = a.iter().rev().copied().collect();
-        let mut rev_lut = vec![0u8; chunks * tl::LUT_CHUNK_BYTES];
-        tl::build_lut_scalar(&rev, chunks, &mut rev_lut);
-        let mut zero_lut = vec![0u8; chunks * tl::LUT_CHUNK_BYTES];
-        tl::build_lut_scalar(&[], chunks, &mut zero_lut);
         for kern in Kernel::all_available() {
             let mut lut = vec![0xAAu8; chunks * tl::LUT_CHUNK_BYTES];
             kern.tl_lut(a, chunks, &mut lut);
             prop_assert_eq!(&lut, &want_lut, "{} tables", kern.name());
             for (b, block) in data.chunks_exact(chunks * tl::CHUNK_BYTES).enumerate() {
                 let got = kern.dot_tl(block, &lut);
-                let x4 = kern.dot_tl_x4(block, [&lut, &rev_lut, &zero_lut, &lut]);
-                let want4 = [got, tl::dot_scalar(block, &rev_lut), [0; 32], got];
-                prop_assert_eq!(x4, want4, "{} x4", kern.name());
+                let rb = tl::t2_row_bytes(k);
+                let mut t2 = vec![0xAAu8; 32 * rb];
+                kern.tl_block_to_t2(block, k, &mut Vec::new(), &mut t2);
+                for (p, row) in t2.chunks_exact(rb).enumerate() {
+                    let r = tl::ROWS * b + p;
+                    let mut want_row = vec![0u8; rb];
+                    let zeros = vec![0i8; k];
+                    let src = if r < rows { &w[r * k..(r + 1) * k] } else { &zeros[..] };
+                    pack_t2_row(src, &mut want_row);
+                    prop_assert_eq!(row, &want_row[..], "{} T2 row {}", kern.name(), r);
+                }
                 for (p, &g) in got.iter().enumerate() {
                     let r = tl::ROWS * b + p;
                     let want: i32 = if r < rows {

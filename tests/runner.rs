@@ -36,10 +36,14 @@ fn packed_with(dir: &str, tmp: &Path, opts: &PackOptions) -> PathBuf {
     let src = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("fixtures")
         .join(dir);
+    pack_dir(&src, dir, tmp, opts, true)
+}
+
+fn pack_dir(src: &Path, dir: &str, tmp: &Path, opts: &PackOptions, tokenizer: bool) -> PathBuf {
     let ck = Checkpoint::open(
-        &src,
+        src,
         &Sources {
-            require_tokenizer: true,
+            require_tokenizer: tokenizer,
             ..Default::default()
         },
     )
@@ -219,21 +223,45 @@ fn tl_layout_gives_the_t2_layouts_bits() {
         layout: Layout::TL,
         ..Default::default()
     };
-    for dir in FIXTURES {
-        let (ft2, ftl) = (
-            BnetFile::open(&packed(dir, tmp.path())).unwrap(),
-            BnetFile::open(&packed_with(dir, tmp.path(), &tl)).unwrap(),
-        );
+    // a synthetic model whose row counts are not multiples of 32 (partial TL blocks) and whose
+    // row lengths are not multiples of 24 or 256, with prompts of 1, 2 (table lookup), 3 and
+    // 11 tokens (re-laid out as T2: four-token groups and a remainder)
+    let odd = tmp.path().join("tiny-odd");
+    bitnet::synth::write_checkpoint(&odd, &bitnet::synth::SynthSpec::tiny_odd(), 7).unwrap();
+    let odd_prompts: Vec<Vec<u32>> = [1usize, 2, 3, 11]
+        .iter()
+        .map(|&n| (0..n as u32).map(|i| (i * 37 + 5) % 300).collect())
+        .collect();
+    let mut cases: Vec<(String, PathBuf, PathBuf, Vec<Vec<u32>>)> = FIXTURES
+        .iter()
+        .map(|dir| {
+            let ids = goldens(dir).into_iter().map(|g| g.ids).collect();
+            (
+                dir.to_string(),
+                packed(dir, tmp.path()),
+                packed_with(dir, tmp.path(), &tl),
+                ids,
+            )
+        })
+        .collect();
+    cases.push((
+        "tiny-odd".into(),
+        pack_dir(&odd, "tiny-odd", tmp.path(), &PackOptions::default(), false),
+        pack_dir(&odd, "tiny-odd", tmp.path(), &tl, false),
+        odd_prompts,
+    ));
+    for (dir, p2, pl, prompts) in &cases {
+        let (ft2, ftl) = (BnetFile::open(p2).unwrap(), BnetFile::open(pl).unwrap());
         assert!(ftl.index.entries.iter().any(|e| e.dtype == DType::TL));
         let (w2, wl) = (Weights::load(&ft2).unwrap(), Weights::load(&ftl).unwrap());
-        for g in goldens(dir) {
+        for ids in prompts {
             let (r2, rl) = (
-                reference::logits(&w2, &g.ids).unwrap(),
-                reference::logits(&wl, &g.ids).unwrap(),
+                reference::logits(&w2, ids).unwrap(),
+                reference::logits(&wl, ids).unwrap(),
             );
             assert!(bits(&r2) == bits(&rl), "{dir}: reference differs");
             for kern in Kernel::all_available() {
-                let batched = |w| Session::new(w, kern).forward(&g.ids, true).unwrap();
+                let batched = |w| Session::new(w, kern).forward(ids, true).unwrap();
                 assert!(
                     bits(&batched(&w2)) == bits(&batched(&wl)),
                     "{dir} {}: prompt differs",
@@ -241,8 +269,7 @@ fn tl_layout_gives_the_t2_layouts_bits() {
                 );
                 let decoded = |w| {
                     let mut s = Session::new(w, kern);
-                    let v: Vec<Vec<f32>> = g
-                        .ids
+                    let v: Vec<Vec<f32>> = ids
                         .iter()
                         .map(|&id| s.forward(&[id], false).unwrap().remove(0))
                         .collect();

@@ -156,22 +156,8 @@ impl Kernel {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: a `Kernel` holding this path exists only if the CPU has it (AVX-512
             // implies AVX2); the function checks the lengths it relies on.
-            Path::Avx2 | Path::Avx512 => unsafe { tl::x86::dot_avx2(block, [lut])[0] },
+            Path::Avx2 | Path::Avx512 => unsafe { tl::x86::dot_avx2(block, lut) },
             _ => tl::dot_scalar(block, lut),
-        }
-    }
-
-    /// `dot_tl` of one block against four tables at once (a prompt's tokens).
-    #[inline]
-    pub fn dot_tl_x4(self, block: &[u8], luts: [&[u8]; 4]) -> [[i32; tl::ROWS]; 4] {
-        assert!(luts
-            .iter()
-            .all(|l| l.len() / tl::LUT_CHUNK_BYTES >= block.len() / tl::CHUNK_BYTES));
-        match self.0 {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: as above.
-            Path::Avx2 | Path::Avx512 => unsafe { tl::x86::dot_avx2(block, luts) },
-            _ => luts.map(|l| tl::dot_scalar(block, l)),
         }
     }
 
@@ -183,6 +169,17 @@ impl Kernel {
             // SAFETY: as above.
             Path::Avx2 | Path::Avx512 => unsafe { tl::x86::build_lut_avx2(a, chunks, out) },
             _ => tl::build_lut_scalar(a, chunks, out),
+        }
+    }
+
+    /// One TL block (`k` columns) as 32 T2 rows in `out` (`cols`: scratch).
+    #[inline]
+    pub fn tl_block_to_t2(self, block: &[u8], k: usize, cols: &mut Vec<u8>, out: &mut [u8]) {
+        match self.0 {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above; the function checks the output length.
+            Path::Avx2 | Path::Avx512 => unsafe { tl::x86::block_to_t2_avx2(block, k, cols, out) },
+            _ => tl::block_to_t2_scalar(block, k, out),
         }
     }
 

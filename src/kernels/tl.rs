@@ -8,6 +8,11 @@
 //! The sums need 10 bits, so each table is kept as a low-byte and a high-byte half and the two
 //! lookups are interleaved back into i16. i16 lanes hold 64 groups of at most 3·128 = 384
 //! (24 576 < 32 767) before they are widened to i32, so every path is exact for any int8 input.
+//!
+//! That is the decode kernel (one token). A prompt instead re-lays each block out as T2 rows
+//! (`block_to_t2_*`) and runs T2's four-token `maddubs` kernel over them: per multiply, the
+//! lookups cost more instructions than `maddubs`, and the re-layout is paid once per block for
+//! all the prompt's tokens.
 
 /// Rows per block: one byte lane of a 256-bit register per row.
 pub const ROWS: usize = 32;
@@ -117,29 +122,54 @@ pub fn dot_scalar(block: &[u8], lut: &[u8]) -> [i32; ROWS] {
     acc
 }
 
+/// Bytes of one T2 row of `k` weights (whole 256-weight blocks).
+pub fn t2_row_bytes(k: usize) -> usize {
+    k.div_ceil(256) * 64
+}
+
+/// Re-lays one TL block (`k` columns) out as its 32 rows in T2 (formats/bnet.md §4.1) into
+/// `out` (`32 · t2_row_bytes(k)` bytes), so a prompt can run T2's batched kernel over it.
+pub fn block_to_t2_scalar(block: &[u8], k: usize, out: &mut [u8]) {
+    let rb = t2_row_bytes(k);
+    let mut w = vec![0i8; k];
+    for (p, row) in out.chunks_exact_mut(rb).take(ROWS).enumerate() {
+        for (c, ch) in block.chunks_exact(CHUNK_BYTES).enumerate() {
+            for g in 0..8 {
+                let i = (ch[32 + 32 * (g / 2) + p] >> (4 * (g % 2))) & 15;
+                let d = decode(i.min(13), (ch[p] >> g) & 1 == 1);
+                for (t, &v) in d.iter().enumerate() {
+                    if let Some(x) = w.get_mut(column(c, g, t)) {
+                        *x = v;
+                    }
+                }
+            }
+        }
+        crate::quant::pack_t2_row(&w, row);
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 pub mod x86 {
     use super::*;
     use crate::kernels::x86::prefetch;
     use std::arch::x86_64::*;
 
-    /// The 32 row sums of one block against the tables of `N` activation vectors: the
-    /// indices and sign masks are unpacked once and used `N` times (prompts use `N = 4`).
+    /// The 32 row sums of one block against the tables of one activation vector.
     ///
     /// # Safety
     /// The CPU must support AVX2. `block.len()` is a multiple of `CHUNK_BYTES`; every table
     /// holds at least as many chunks (checked).
     #[target_feature(enable = "avx2")]
-    pub unsafe fn dot_avx2<const N: usize>(block: &[u8], luts: [&[u8]; N]) -> [[i32; ROWS]; N] {
+    pub unsafe fn dot_avx2(block: &[u8], lut: &[u8]) -> [i32; ROWS] {
         let chunks = block.len() / CHUNK_BYTES;
-        assert!(luts.iter().all(|l| l.len() >= chunks * LUT_CHUNK_BYTES));
+        assert!(lut.len() >= chunks * LUT_CHUNK_BYTES);
         let m4 = _mm256_set1_epi8(0x0F);
         let zero = _mm256_setzero_si256();
-        let mut wide = [[zero; 4]; N];
+        let mut wide = [zero; 4];
         let mut c = 0;
         while c < chunks {
             let end = (c + WIDEN_EVERY).min(chunks);
-            let (mut a0, mut a1, mut negs) = ([zero; N], [zero; N], zero);
+            let (mut a0, mut a1, mut negs) = (zero, zero, zero);
             for cc in c..end {
                 let p = block.as_ptr().add(cc * CHUNK_BYTES);
                 prefetch(
@@ -159,17 +189,14 @@ pub mod x86 {
                         // where the entry is negated
                         let m = _mm256_cmpgt_epi8(zero, _mm256_slli_epi16::<{ 7 - $g }>(signs));
                         negs = _mm256_sub_epi8(negs, m);
-                        for t in 0..N {
-                            let tg = luts[t].as_ptr().add(cc * LUT_CHUNK_BYTES + 32 * $g);
-                            let tlo = _mm256_broadcastsi128_si256(_mm_loadu_si128(tg as *const _));
-                            let thi = _mm256_broadcastsi128_si256(_mm_loadu_si128(
-                                tg.add(16) as *const _
-                            ));
-                            let lo = _mm256_xor_si256(_mm256_shuffle_epi8(tlo, idx), m);
-                            let hi = _mm256_xor_si256(_mm256_shuffle_epi8(thi, idx), m);
-                            a0[t] = _mm256_add_epi16(a0[t], _mm256_unpacklo_epi8(lo, hi));
-                            a1[t] = _mm256_add_epi16(a1[t], _mm256_unpackhi_epi8(lo, hi));
-                        }
+                        let tg = lut.as_ptr().add(cc * LUT_CHUNK_BYTES + 32 * $g);
+                        let tlo = _mm256_broadcastsi128_si256(_mm_loadu_si128(tg as *const _));
+                        let thi =
+                            _mm256_broadcastsi128_si256(_mm_loadu_si128(tg.add(16) as *const _));
+                        let lo = _mm256_xor_si256(_mm256_shuffle_epi8(tlo, idx), m);
+                        let hi = _mm256_xor_si256(_mm256_shuffle_epi8(thi, idx), m);
+                        a0 = _mm256_add_epi16(a0, _mm256_unpacklo_epi8(lo, hi));
+                        a1 = _mm256_add_epi16(a1, _mm256_unpackhi_epi8(lo, hi));
                     }};
                 }
                 group!(0);
@@ -181,29 +208,24 @@ pub mod x86 {
                 group!(6);
                 group!(7);
             }
-            for t in 0..N {
-                // the +1 of every negation (at most 64 per byte)
-                let b0 = _mm256_add_epi16(a0[t], _mm256_unpacklo_epi8(negs, zero));
-                let b1 = _mm256_add_epi16(a1[t], _mm256_unpackhi_epi8(negs, zero));
-                // b0 holds rows 0-7 | 16-23, b1 rows 8-15 | 24-31 (unpack works per 128-bit
-                // lane)
-                let halves = [
-                    _mm256_castsi256_si128(b0),
-                    _mm256_castsi256_si128(b1),
-                    _mm256_extracti128_si256::<1>(b0),
-                    _mm256_extracti128_si256::<1>(b1),
-                ];
-                for (w, h) in wide[t].iter_mut().zip(halves) {
-                    *w = _mm256_add_epi32(*w, _mm256_cvtepi16_epi32(h));
-                }
+            // the +1 of every negation (at most 64 per byte)
+            let b0 = _mm256_add_epi16(a0, _mm256_unpacklo_epi8(negs, zero));
+            let b1 = _mm256_add_epi16(a1, _mm256_unpackhi_epi8(negs, zero));
+            // b0 holds rows 0-7 | 16-23, b1 rows 8-15 | 24-31 (unpack works per 128-bit lane)
+            let halves = [
+                _mm256_castsi256_si128(b0),
+                _mm256_castsi256_si128(b1),
+                _mm256_extracti128_si256::<1>(b0),
+                _mm256_extracti128_si256::<1>(b1),
+            ];
+            for (w, h) in wide.iter_mut().zip(halves) {
+                *w = _mm256_add_epi32(*w, _mm256_cvtepi16_epi32(h));
             }
             c = end;
         }
-        let mut out = [[0i32; ROWS]; N];
-        for (o, w) in out.iter_mut().zip(&wide) {
-            for (i, v) in w.iter().enumerate() {
-                _mm256_storeu_si256(o.as_mut_ptr().add(8 * i) as *mut __m256i, *v);
-            }
+        let mut out = [0i32; ROWS];
+        for (i, v) in wide.iter().enumerate() {
+            _mm256_storeu_si256(out.as_mut_ptr().add(8 * i) as *mut __m256i, *v);
         }
         out
     }
@@ -270,6 +292,109 @@ pub mod x86 {
             }
         }
         build_lut_range(a, 2 * pairs..chunks, out);
+    }
+
+    /// `block_to_t2_scalar` in AVX2. Three passes: the T2 code of every column for the 32 rows
+    /// (two `pshufb` and a blend per column, rows in byte lanes) into `cols`; four columns
+    /// 64 apart or-ed into T2 bytes, still one row per byte lane; then 16 × 16 byte transposes
+    /// (per 128-bit lane: rows 0–15 and 16–31) into the rows. `cols` is scratch, reused
+    /// between calls.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2. `out.len() ≥ 32 · t2_row_bytes(k)`.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn block_to_t2_avx2(block: &[u8], k: usize, cols: &mut Vec<u8>, out: &mut [u8]) {
+        let rb = t2_row_bytes(k);
+        let kp = rb * 4;
+        assert!(out.len() >= ROWS * rb);
+        // every column below 24·chunks is written below; the rest is T2 padding, code 1 (a zero
+        // weight). The scratch is reused, so only those columns are (re)filled.
+        let written = (CHUNK_COLS * (block.len() / CHUNK_BYTES)).min(kp);
+        cols.resize(kp * ROWS, 1);
+        cols[written * ROWS..kp * ROWS].fill(1);
+        let m4 = _mm256_set1_epi8(0x0F);
+        let zero = _mm256_setzero_si256();
+        let table = |t: usize, neg: bool| {
+            let mut v = [1i8; 16];
+            for (i, d) in DIGITS.iter().enumerate() {
+                v[i] = if neg { 1 - d[t] } else { 1 + d[t] };
+            }
+            _mm256_broadcastsi128_si256(_mm_loadu_si128(v.as_ptr() as *const __m128i))
+        };
+        let pos = [table(0, false), table(1, false), table(2, false)];
+        let neg = [table(0, true), table(1, true), table(2, true)];
+        for (c, ch) in block.chunks_exact(CHUNK_BYTES).enumerate() {
+            let p = ch.as_ptr();
+            let signs = _mm256_loadu_si256(p as *const __m256i);
+            macro_rules! group {
+                ($g:literal) => {{
+                    let nib = _mm256_loadu_si256(p.add(32 + 16 * ($g & !1)) as *const __m256i);
+                    let idx = if $g % 2 == 0 {
+                        _mm256_and_si256(nib, m4)
+                    } else {
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(nib), m4)
+                    };
+                    let m = _mm256_cmpgt_epi8(zero, _mm256_slli_epi16::<{ 7 - $g }>(signs));
+                    for t in 0..3 {
+                        let col = column(c, $g, t);
+                        if col < kp {
+                            let code = _mm256_blendv_epi8(
+                                _mm256_shuffle_epi8(pos[t], idx),
+                                _mm256_shuffle_epi8(neg[t], idx),
+                                m,
+                            );
+                            _mm256_storeu_si256(cols.as_mut_ptr().add(ROWS * col) as *mut _, code);
+                        }
+                    }
+                }};
+            }
+            group!(0);
+            group!(1);
+            group!(2);
+            group!(3);
+            group!(4);
+            group!(5);
+            group!(6);
+            group!(7);
+        }
+        // inputs in bit-reversed order make the four unpack stages a plain transpose
+        const BITREV: [usize; 16] = [0, 8, 4, 12, 2, 10, 6, 14, 1, 9, 5, 13, 3, 11, 7, 15];
+        let col = |i: usize| _mm256_loadu_si256(cols.as_ptr().add(ROWS * i) as *const __m256i);
+        for n0 in (0..rb).step_by(16) {
+            let mut x = [zero; 16];
+            for (xi, &r) in x.iter_mut().zip(&BITREV) {
+                // T2 byte n of every row: columns 256b + m + 64j in bits 2j
+                let (b, m) = ((n0 + r) / 64, (n0 + r) % 64);
+                let base = 256 * b + m;
+                let v01 = _mm256_or_si256(col(base), _mm256_slli_epi16::<2>(col(base + 64)));
+                let v23 = _mm256_or_si256(
+                    _mm256_slli_epi16::<4>(col(base + 128)),
+                    _mm256_slli_epi16::<6>(col(base + 192)),
+                );
+                *xi = _mm256_or_si256(v01, v23);
+            }
+            macro_rules! stage {
+                ($lo:ident, $hi:ident) => {{
+                    let y = x;
+                    for i in 0..8 {
+                        x[2 * i] = $lo(y[i], y[i + 8]);
+                        x[2 * i + 1] = $hi(y[i], y[i + 8]);
+                    }
+                }};
+            }
+            stage!(_mm256_unpacklo_epi8, _mm256_unpackhi_epi8);
+            stage!(_mm256_unpacklo_epi16, _mm256_unpackhi_epi16);
+            stage!(_mm256_unpacklo_epi32, _mm256_unpackhi_epi32);
+            stage!(_mm256_unpacklo_epi64, _mm256_unpackhi_epi64);
+            for (j, v) in x.iter().enumerate() {
+                let o = out.as_mut_ptr().add(n0);
+                _mm_storeu_si128(o.add(j * rb) as *mut _, _mm256_castsi256_si128(*v));
+                _mm_storeu_si128(
+                    o.add((16 + j) * rb) as *mut _,
+                    _mm256_extracti128_si256::<1>(*v),
+                );
+            }
+        }
     }
 
     /// 8 × 8 transpose of i16 in each 128-bit lane: `r[e]` lane `g` → result `g` lane `e`.

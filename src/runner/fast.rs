@@ -57,10 +57,12 @@ impl QuantizedBatch {
     }
 
     /// The input of projections `ls`: quantized, plus the lookup tables when one of them is TL
-    /// (built once per token and shared, like the int8 values).
+    /// and the batch is small enough to use them (built once per token and shared, like the
+    /// int8 values).
     pub fn for_layers(x: &[f32], k: usize, kern: Kernel, ls: &[&Linear]) -> Self {
         let mut a = QuantizedBatch::new(x, k);
-        if let Some(l) = ls.iter().find(|l| l.dtype == DType::TL) {
+        let lookup = a.tokens() <= TL_LUT_TOKENS;
+        if let Some(l) = ls.iter().find(|l| l.dtype == DType::TL).filter(|_| lookup) {
             let chunks = l.tl_chunks();
             a.lut_len = chunks * tl::LUT_CHUNK_BYTES;
             a.lut = vec![0u8; a.tokens() * a.lut_len];
@@ -123,50 +125,63 @@ impl Shared {
     }
 }
 
-/// One tile: rows `c·ROWS ..` of `l` against every token of the batch, written to `out` as
-/// `[token][row]`. Tiles of ROWS rows × 4 tokens keep both the rows' codes and the four tokens'
-/// activations in L1 while they are multiplied; each token's ROWS results are contiguous.
+/// One tile: rows `c·ROWS ..` of `l` (for TL, the 32 rows of block `c`) against every token of
+/// the batch, written to `out` as `[token][row]`.
 fn tile(kern: Kernel, l: &Linear, a: &QuantizedBatch, c: usize, out: &Shared) {
-    let t = a.tokens();
     if l.dtype == DType::TL {
-        // four tokens at a time over TL_TILE blocks: their tables stay in L1/L2 while the
-        // blocks (in L2) are multiplied
-        let blocks = c * TL_TILE..((c + 1) * TL_TILE).min(l.units());
-        let put = |tok: usize, b: usize, sums: &[i32; tl::ROWS]| {
-            let n = (l.rows - tl::ROWS * b).min(tl::ROWS);
-            for (i, &d) in sums[..n].iter().enumerate() {
-                out.set(tok * l.rows + tl::ROWS * b + i, l.finish(d, a.scales[tok]));
-            }
-        };
-        let mut tok = 0;
-        while tok + 4 <= t {
-            let luts = [a.lut(tok), a.lut(tok + 1), a.lut(tok + 2), a.lut(tok + 3)];
-            for b in blocks.clone() {
-                for (u, sums) in kern.dot_tl_x4(l.block(b), luts).iter().enumerate() {
-                    put(tok + u, b, sums);
+        // the block re-laid out as T2 rows (a few % of the block's multiply time at 128
+        // tokens), then T2's batched kernel, 16 rows at a time as for T2
+        let first = tl::ROWS * c;
+        if a.lut_len > 0 {
+            // a token or two: the tables are cheaper than re-laying the block out
+            for tok in 0..a.tokens() {
+                let (r0, ys) = unit_rows(kern, l, a, tok, c);
+                for (i, y) in ys.iter().enumerate() {
+                    out.set(tok * l.rows + r0 + i, *y);
                 }
             }
-            tok += 4;
+            return;
         }
-        for tok in tok..t {
-            for b in blocks.clone() {
-                put(tok, b, &kern.dot_tl(l.block(b), a.lut(tok)));
+        let rb = tl::t2_row_bytes(l.k);
+        TL_SCRATCH.with_borrow_mut(|(cols, t2)| {
+            t2.resize(tl::ROWS * rb, 0);
+            kern.tl_block_to_t2(l.block(c), l.k, cols, t2);
+            for half in (first..(first + tl::ROWS).min(l.rows)).step_by(ROWS) {
+                let rows = half..(half + ROWS).min(l.rows);
+                t2_tile(kern, |r| &t2[(r - first) * rb..][..rb], l, rows, a, out);
             }
-        }
+        });
         return;
     }
+    t2_tile(
+        kern,
+        |r| l.row(r),
+        l,
+        c * ROWS..((c + 1) * ROWS).min(l.rows),
+        a,
+        out,
+    )
+}
+
+/// `rows` of a T2 or B1 projection (`row(r)`: the packed row) against every token. Tiles of
+/// ROWS rows × 4 tokens keep both the rows' codes and the four tokens' activations in L1 while
+/// they are multiplied; each token's ROWS results are contiguous.
+fn t2_tile<'r>(
+    kern: Kernel,
+    row: impl Fn(usize) -> &'r [u8],
+    l: &Linear,
+    rows: Range<usize>,
+    a: &QuantizedBatch,
+    out: &Shared,
+) {
+    let t = a.tokens();
     let act = |tok: usize| &a.q[tok * a.k_pad..(tok + 1) * a.k_pad];
-    let rows = c * ROWS..((c + 1) * ROWS).min(l.rows);
     let mut tok = 0;
-    if l.dtype == DType::T2 {
+    if l.dtype != DType::B1 {
         while tok + 4 <= t {
             let acts = [act(tok), act(tok + 1), act(tok + 2), act(tok + 3)];
             for r in rows.clone() {
-                for (u, d) in kern
-                    .dot_t2_offset_x4(l.row(r), acts)
-                    .into_iter()
-                    .enumerate()
-                {
+                for (u, d) in kern.dot_t2_offset_x4(row(r), acts).into_iter().enumerate() {
                     let y = l.finish(d - a.sums[tok + u], a.scales[tok + u]);
                     out.set((tok + u) * l.rows + r, y);
                 }
@@ -176,19 +191,31 @@ fn tile(kern: Kernel, l: &Linear, a: &QuantizedBatch, c: usize, out: &Shared) {
     }
     for tok in tok..t {
         for r in rows.clone() {
-            out.set(tok * l.rows + r, row_dot(kern, l, a, tok, r));
+            let d = match l.dtype {
+                DType::B1 => 2 * kern.dot_b1_ones(row(r), act(tok)),
+                _ => kern.dot_t2_offset(row(r), act(tok)),
+            };
+            out.set(tok * l.rows + r, l.finish(d - a.sums[tok], a.scales[tok]));
         }
     }
 }
 
-/// 32-row TL blocks per prompt task: 8 blocks of a 2560-wide projection are 137 KiB, which
-/// stay in L2 while every token's tables pass over them.
-const TL_TILE: usize = 8;
+thread_local! {
+    /// Per worker thread: the column codes and T2 rows of the TL block being re-laid out.
+    static TL_SCRATCH: std::cell::RefCell<(Vec<u8>, Vec<u8>)> = const {
+        std::cell::RefCell::new((Vec::new(), Vec::new()))
+    };
+}
 
-/// Prompt tasks of a projection.
+/// Batches of at most this many tokens multiply TL blocks by table lookup (decode is one
+/// token); larger ones re-lay each block out as T2 rows once and run T2's four-token kernel,
+/// which does more multiplies per instruction than the lookups.
+const TL_LUT_TOKENS: usize = 2;
+
+/// Prompt tasks of a projection: tiles of ROWS rows, or TL blocks.
 fn tiles(l: &Linear) -> usize {
     match l.dtype {
-        DType::TL => l.units().div_ceil(TL_TILE),
+        DType::TL => l.units(),
         _ => l.rows.div_ceil(ROWS),
     }
 }
