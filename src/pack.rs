@@ -22,13 +22,14 @@ pub enum QuantKind {
 }
 
 /// How ternary projections are laid out (formats/bnet.md §4.1, §4.4).
+/// Binary projections are B1 either way.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Layout {
-    #[default]
-    /// 2 bits per weight, row by row: every tool reads it, prompts run fastest.
+    /// 2 bits per weight, row by row (format version 1.0).
     T2,
     /// 5 bits per 3 weights in 32-row blocks (format version 1.2): 17% fewer bytes for
-    /// decoding to stream, multiplied by table lookup.
+    /// decoding to stream, the same results bit for bit, prompts as fast. The default.
+    #[default]
     TL,
 }
 
@@ -58,7 +59,7 @@ impl Default for PackOptions {
             quant: QuantKind::Ternary,
             embeddings: StoreAs::Keep,
             lm_head: StoreAs::Keep,
-            layout: Layout::T2,
+            layout: Layout::default(),
         }
     }
 }
@@ -106,13 +107,6 @@ pub fn pack<W: Write + Seek>(
             "--quant binary needs latent (float) weights, but this {} checkpoint is already ternary-packed",
             ck.family.name()
         )));
-    }
-    if opts.quant == QuantKind::Binary && opts.layout == Layout::TL {
-        return Err(Error::Usage(
-            "--ternary-layout tl holds ternary weights; --quant binary makes binary ones (B1 is \
-             1 bit per weight already)"
-                .into(),
-        ));
     }
     let cfg = &ck.config;
     let expected = cfg.expected_tensors();

@@ -356,35 +356,55 @@ pub fn unpack_tensor_row(dtype: DType, data: &[u8], k: usize, r: usize, out: &mu
     }
 }
 
+/// The two code rules of TL over whole chunks: no index above 13, no sign bit over index 0.
+/// Written as byte loops over the 32 rows so they vectorize, and compiled for AVX2 where the CPU
+/// has it (verification reads every byte of a model and must keep up with BLAKE3).
+fn tl_codes_ok(data: &[u8]) -> bool {
+    #[inline(always)]
+    fn generic(data: &[u8]) -> bool {
+        let mut bad = [0u8; tl::ROWS];
+        for ch in data.chunks_exact(tl::CHUNK_BYTES) {
+            let (signs, nib) = ch.split_at(tl::ROWS);
+            let mut zero = [0u8; tl::ROWS];
+            for (h, n) in nib.chunks_exact(tl::ROWS).enumerate() {
+                for p in 0..tl::ROWS {
+                    let (lo, hi) = (n[p] & 15, n[p] >> 4);
+                    bad[p] |= (lo > 13) as u8 | (hi > 13) as u8;
+                    zero[p] |= ((lo == 0) as u8) << (2 * h) | ((hi == 0) as u8) << (2 * h + 1);
+                }
+            }
+            for p in 0..tl::ROWS {
+                bad[p] |= signs[p] & zero[p];
+            }
+        }
+        bad.iter().all(|&b| b == 0)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    fn avx2(data: &[u8]) -> bool {
+        generic(data)
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2, checked just above.
+        return unsafe { avx2(data) };
+    }
+    generic(data)
+}
+
 /// True when TL data holds only indices 0 … 13, no negated zero, and zero weights in the
-/// padding rows and columns (formats/bnet.md §4.4). Every chunk gets the two code rules, written
-/// lane by lane over the 32 rows so they vectorize (a weight-by-weight scan took seconds on a
-/// 2B model at every open); padding needs the weights only in the last chunk of each block
-/// and in the rows past `rows`.
+/// padding rows and columns (formats/bnet.md §4.4). Every chunk gets the two code rules
+/// ([`tl_codes_ok`]; a weight-by-weight scan took seconds on a 2B model at every open); padding
+/// needs the weights only in the last chunk of each block and in the rows past `rows`.
 fn tl_is_canonical(data: &[u8], rows: usize, k: usize) -> bool {
     use rayon::prelude::*;
     let chunks = k.div_ceil(tl::CHUNK_COLS);
     if chunks == 0 || data.len() != tl_len(rows, k) {
         return false;
     }
-    let codes_ok = data.par_chunks(tl::CHUNK_BYTES * 256).all(|part| {
-        let bad = part.chunks_exact(tl::CHUNK_BYTES).fold(0u8, |bad, ch| {
-            let (signs, nib) = ch.split_at(tl::ROWS);
-            let mut acc = bad;
-            for p in 0..tl::ROWS {
-                let mut zero = 0u8;
-                for h in 0..4 {
-                    let b = nib[tl::ROWS * h + p];
-                    let (lo, hi) = (b & 15, b >> 4);
-                    acc |= (lo > 13) as u8 | (hi > 13) as u8;
-                    zero |= ((lo == 0) as u8) << (2 * h) | ((hi == 0) as u8) << (2 * h + 1);
-                }
-                acc |= signs[p] & zero;
-            }
-            acc
-        });
-        bad == 0
-    });
+    let codes_ok = data
+        .par_chunks(tl::CHUNK_BYTES * 256)
+        .all(|part| tl_codes_ok(part));
     let block_bytes = chunks * tl::CHUNK_BYTES;
     let mut w = vec![0i8; k];
     let pad_rows_ok = (rows..rows.next_multiple_of(tl::ROWS)).all(|r| {

@@ -90,15 +90,16 @@ fn pack_inspect_verify_unpack_latent() {
     assert_eq!(j["family"], "bitnet-b1.58-latent");
     assert_eq!(j["verify"]["ok"], true);
     assert_eq!(j["model"]["hidden_act"], "relu2");
-    // rows of 72 and 200 weights pad to one 256-weight block: 64 bytes per row
+    // TL (the default layout): 72 rows are 3 blocks of 32, 200 columns 9 chunks of 24, 160
+    // bytes per block and chunk
     let q = j["tensors"]
         .as_array()
         .unwrap()
         .iter()
         .find(|t| t["name"] == "model.layers.0.mlp.down_proj.weight")
         .unwrap();
-    assert_eq!(q["dtype"], "T2");
-    assert_eq!(q["bytes"], 72 * 64);
+    assert_eq!(q["dtype"], "TL");
+    assert_eq!(q["bytes"], 3 * 9 * 160);
     // human output names the bits per weight
     let o = cmd("bitnet-inspect").arg(&out).output().unwrap();
     assert!(String::from_utf8_lossy(&o.stdout).contains("bits per weight"));

@@ -206,6 +206,7 @@ fn packed_size_matches_the_spec_formula() {
             );
             let len = match e.dtype.name() {
                 "T2" => rows * k.div_ceil(256) * 64,
+                "TL" => rows.div_ceil(32) * k.div_ceil(24) * 160,
                 "B1" => rows * k.div_ceil(256) * 32,
                 "F32" => rows * k * 4,
                 "F16" | "BF16" => rows * k * 2,

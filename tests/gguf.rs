@@ -627,7 +627,19 @@ fn q4_tensors_travel_as_q4_0() {
     let d = tmp();
     let bnet = d.path().join("q4.bnet");
     let fx = root().join("fixtures/llama-bitlinear-256");
-    pack(&fx, &bnet, &["--lm-head", "q4", "--embeddings", "q4"]);
+    // T2 projections, so the file's version is Q4's (TL would make it 1.2)
+    pack(
+        &fx,
+        &bnet,
+        &[
+            "--lm-head",
+            "q4",
+            "--embeddings",
+            "q4",
+            "--ternary-layout",
+            "t2",
+        ],
+    );
     let gg = d.path().join("q4.gguf");
     let back = d.path().join("back.bnet");
     pack(&bnet, &gg, &[]);
@@ -636,7 +648,7 @@ fn q4_tensors_travel_as_q4_0() {
     for n in ["output.weight", "token_embd.weight"] {
         assert_eq!(g.tensor(n).unwrap().ty.name, "Q4_0", "{n}");
     }
-    pack(&gg, &back, &[]);
+    pack(&gg, &back, &["--ternary-layout", "t2"]);
     let (a, b) = (
         BnetFile::open(&bnet).unwrap(),
         BnetFile::open(&back).unwrap(),

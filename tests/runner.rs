@@ -223,6 +223,10 @@ fn tl_layout_gives_the_t2_layouts_bits() {
         layout: Layout::TL,
         ..Default::default()
     };
+    let t2 = PackOptions {
+        layout: Layout::T2,
+        ..Default::default()
+    };
     // a synthetic model whose row counts are not multiples of 32 (partial TL blocks) and whose
     // row lengths are not multiples of 24 or 256, with prompts of 1, 2 (table lookup), 3 and
     // 11 tokens (re-laid out as T2: four-token groups and a remainder)
@@ -238,7 +242,7 @@ fn tl_layout_gives_the_t2_layouts_bits() {
             let ids = goldens(dir).into_iter().map(|g| g.ids).collect();
             (
                 dir.to_string(),
-                packed(dir, tmp.path()),
+                packed_with(dir, tmp.path(), &t2),
                 packed_with(dir, tmp.path(), &tl),
                 ids,
             )
@@ -246,13 +250,14 @@ fn tl_layout_gives_the_t2_layouts_bits() {
         .collect();
     cases.push((
         "tiny-odd".into(),
-        pack_dir(&odd, "tiny-odd", tmp.path(), &PackOptions::default(), false),
+        pack_dir(&odd, "tiny-odd", tmp.path(), &t2, false),
         pack_dir(&odd, "tiny-odd", tmp.path(), &tl, false),
         odd_prompts,
     ));
     for (dir, p2, pl, prompts) in &cases {
         let (ft2, ftl) = (BnetFile::open(p2).unwrap(), BnetFile::open(pl).unwrap());
         assert!(ftl.index.entries.iter().any(|e| e.dtype == DType::TL));
+        assert!(ft2.index.entries.iter().any(|e| e.dtype == DType::T2));
         let (w2, wl) = (Weights::load(&ft2).unwrap(), Weights::load(&ftl).unwrap());
         for ids in prompts {
             let (r2, rl) = (
@@ -291,7 +296,11 @@ fn tl_layout_gives_the_t2_layouts_bits() {
 fn mixed_gate_and_up_layouts_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = FIXTURES[0];
-    let t2 = BnetFile::open(&packed(dir, tmp.path())).unwrap();
+    let t2_opts = PackOptions {
+        layout: Layout::T2,
+        ..Default::default()
+    };
+    let t2 = BnetFile::open(&packed_with(dir, tmp.path(), &t2_opts)).unwrap();
     let tl_opts = PackOptions {
         layout: Layout::TL,
         ..Default::default()

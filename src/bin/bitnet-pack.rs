@@ -47,8 +47,8 @@ struct Args {
     /// How to store the lm_head; for a tied model, anything but keep adds a separate copy that decoding reads instead of the embeddings (i8: 8 bits per weight, q4: 4.5)
     #[arg(long, value_enum, default_value_t = Store::Keep)]
     lm_head: Store,
-    /// Layout of ternary projections in the .bnet: t2 (2 bits per weight, fastest prompts) or tl (5 bits per 3 weights in 32-row blocks: 17% fewer bytes for every decoded token to read; format version 1.2)
-    #[arg(long, value_enum, default_value_t = TernaryLayout::T2)]
+    /// Layout of ternary projections in the .bnet: tl (5 bits per 3 weights in 32-row blocks: 17% fewer bytes for every decoded token to read, the same results; format version 1.2) or t2 (2 bits per weight, row by row; format version 1.0, for readers older than 1.2)
+    #[arg(long, value_enum, default_value_t = TernaryLayout::Tl)]
     ternary_layout: TernaryLayout,
     /// Ternary type of the projections when OUT is a .gguf: tq2_0 and tq1_0 load in llama.cpp (rows must be multiples of 256), i2_s in bitnet.cpp
     #[arg(long, value_enum, default_value_t = GgufType::Tq2_0)]
