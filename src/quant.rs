@@ -402,9 +402,7 @@ fn tl_is_canonical(data: &[u8], rows: usize, k: usize) -> bool {
     if chunks == 0 || data.len() != tl_len(rows, k) {
         return false;
     }
-    let codes_ok = data
-        .par_chunks(tl::CHUNK_BYTES * 256)
-        .all(|part| tl_codes_ok(part));
+    let codes_ok = data.par_chunks(tl::CHUNK_BYTES * 256).all(tl_codes_ok);
     let block_bytes = chunks * tl::CHUNK_BYTES;
     let mut w = vec![0i8; k];
     let pad_rows_ok = (rows..rows.next_multiple_of(tl::ROWS)).all(|r| {
