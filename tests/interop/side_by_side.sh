@@ -4,7 +4,8 @@
 # both runners alike. Prints one line per run: "RUNNER FILE tTHREADS {json}"; summarize with
 #   python3 tests/interop/summarize_bench.py OUT [OUT ...]
 # Files (made by the commands in README.md, "Side by side with llama.cpp"):
-#   $DIR/b2b4t-silu{,-i8,-q4,-q4-tl}.bnet, $DIR/b2b4t-silu.{tq2_0,tq2_0-q,tq2_0-q4e,tq1_0}.gguf
+#   $DIR/b2b4t-silu{,-i8,-q4}.bnet (T2 layout), $DIR/b2b4t-silu-q4-tl.bnet (TL, the default),
+#   $DIR/b2b4t-silu.{tq2_0,tq2_0-q,tq2_0-q4e,tq1_0}.gguf
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DIR=${DIR:-/tmp}
