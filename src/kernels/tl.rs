@@ -154,6 +154,22 @@ pub mod x86 {
     use crate::kernels::x86::prefetch;
     use std::arch::x86_64::*;
 
+    /// Group `$g` of the chunk at `$p` (`$signs`: its 32 sign bytes): the 32 rows' indices as
+    /// bytes, and a mask of all ones where the sign bit is set (after the shift, the top bit of
+    /// each byte is sign bit g).
+    macro_rules! index_and_sign {
+        ($p:expr, $signs:expr, $g:literal, $m4:expr, $zero:expr) => {{
+            let nib = _mm256_loadu_si256($p.add(32 + 16 * ($g & !1)) as *const __m256i);
+            let idx = if $g % 2 == 0 {
+                _mm256_and_si256(nib, $m4)
+            } else {
+                _mm256_and_si256(_mm256_srli_epi16::<4>(nib), $m4)
+            };
+            let m = _mm256_cmpgt_epi8($zero, _mm256_slli_epi16::<{ 7 - $g }>($signs));
+            (idx, m)
+        }};
+    }
+
     /// The 32 row sums of one block against the tables of one activation vector.
     ///
     /// # Safety
@@ -179,15 +195,7 @@ pub mod x86 {
                 let signs = _mm256_loadu_si256(p as *const __m256i);
                 macro_rules! group {
                     ($g:literal) => {{
-                        let nib = _mm256_loadu_si256(p.add(32 + 16 * ($g & !1)) as *const __m256i);
-                        let idx = if $g % 2 == 0 {
-                            _mm256_and_si256(nib, m4)
-                        } else {
-                            _mm256_and_si256(_mm256_srli_epi16::<4>(nib), m4)
-                        };
-                        // the top bit of each byte after the shift is sign bit g: all ones
-                        // where the entry is negated
-                        let m = _mm256_cmpgt_epi8(zero, _mm256_slli_epi16::<{ 7 - $g }>(signs));
+                        let (idx, m) = index_and_sign!(p, signs, $g, m4, zero);
                         negs = _mm256_sub_epi8(negs, m);
                         let tg = lut.as_ptr().add(cc * LUT_CHUNK_BYTES + 32 * $g);
                         let tlo = _mm256_broadcastsi128_si256(_mm_loadu_si128(tg as *const _));
@@ -328,13 +336,7 @@ pub mod x86 {
             let signs = _mm256_loadu_si256(p as *const __m256i);
             macro_rules! group {
                 ($g:literal) => {{
-                    let nib = _mm256_loadu_si256(p.add(32 + 16 * ($g & !1)) as *const __m256i);
-                    let idx = if $g % 2 == 0 {
-                        _mm256_and_si256(nib, m4)
-                    } else {
-                        _mm256_and_si256(_mm256_srli_epi16::<4>(nib), m4)
-                    };
-                    let m = _mm256_cmpgt_epi8(zero, _mm256_slli_epi16::<{ 7 - $g }>(signs));
+                    let (idx, m) = index_and_sign!(p, signs, $g, m4, zero);
                     for t in 0..3 {
                         let col = column(c, $g, t);
                         if col < kp {

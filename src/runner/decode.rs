@@ -151,14 +151,13 @@ fn norm(x: &[f32], g: &[f32], eps: f32) -> Vec<f32> {
     o
 }
 
-/// A projection's input: the previous phase's output, through the layer's sub-norm when it has
-/// one (BitNet b1.58), quantized to int8.
-fn sub_normed(s: &Session, v: Vec<f32>, g: Option<&[f32]>, eps: f32, l: &Linear) -> QuantizedBatch {
-    let v = match g {
-        Some(g) => norm(&v, g, eps),
-        None => v,
-    };
-    QuantizedBatch::for_layers(&v, v.len(), s.kern, &[l])
+/// The input of projections `ls`: `v` through the norm `g` when there is one (the input and
+/// post-attention norms; the sub-norms of BitNet b1.58), quantized to int8 (with TL tables).
+fn normed(s: &Session, v: &[f32], g: Option<&[f32]>, eps: f32, ls: &[&Linear]) -> QuantizedBatch {
+    match g {
+        Some(g) => QuantizedBatch::for_layers(&norm(v, g, eps), v.len(), s.kern, ls),
+        None => QuantizedBatch::for_layers(v, v.len(), s.kern, ls),
+    }
 }
 
 /// Appends token `id` to the session and returns its logits.
@@ -201,12 +200,7 @@ pub(super) fn step(s: &mut Session, id: u32) -> Vec<f32> {
         for (li, layer) in w.layers.iter().enumerate() {
             let next = &next[5 * li..];
             let qkv_ls = [&layer.q, &layer.k, &layer.v];
-            let xn = QuantizedBatch::for_layers(
-                &norm(&x, &layer.input_norm, eps),
-                hidden,
-                st.kern,
-                &qkv_ls,
-            );
+            let xn = normed(st, &x, Some(&layer.input_norm), eps, &qkv_ls);
             matvec(st, &qkv_ls, &xn, &next[0], &qkv);
             barrier.wait();
             if ctx.index() == 0 {
@@ -232,30 +226,31 @@ pub(super) fn step(s: &mut Session, id: u32) -> Vec<f32> {
                 }
             }
             barrier.wait();
-            let a = sub_normed(
+            let a = normed(
                 st,
-                attn.to_vec(),
+                &attn.to_vec(),
                 layer.attn_sub_norm.as_deref(),
                 eps,
-                &layer.o,
+                &[&layer.o],
             );
             matvec(st, &[&layer.o], &a, &next[2], &o);
             barrier.wait();
             x.iter_mut().enumerate().for_each(|(i, v)| *v += o.get(i));
-            let xn = QuantizedBatch::for_layers(
-                &norm(&x, &layer.post_norm, eps),
-                hidden,
-                st.kern,
+            let xn = normed(
+                st,
+                &x,
+                Some(&layer.post_norm),
+                eps,
                 &[&layer.gate, &layer.up],
             );
             gated_matvec(st, li, &xn, &next[3], &m);
             barrier.wait();
-            let mq = sub_normed(
+            let mq = normed(
                 st,
-                m.to_vec(),
+                &m.to_vec(),
                 layer.ffn_sub_norm.as_deref(),
                 eps,
-                &layer.down,
+                &[&layer.down],
             );
             matvec(st, &[&layer.down], &mq, &next[4], &d);
             barrier.wait();
