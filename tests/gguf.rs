@@ -493,6 +493,16 @@ fn refusals_name_the_problem() {
     let e = pack_err(&anon, &d.path().join("a.bnet"), &[]);
     assert!(e.contains("--bitnet-cpp") && e.contains("36"), "{e}");
     pack(&anon, &d.path().join("a.bnet"), &["--bitnet-cpp"]);
+    // a layout for an output that is not a .bnet would be silently meaningless
+    let e = pack_err(
+        &small,
+        &d.path().join("t.gguf"),
+        &["--ternary-layout", "t2"],
+    );
+    assert!(
+        e.contains("--ternary-layout") && e.contains("--gguf-type"),
+        "{e}"
+    );
 }
 
 /// Arch `bitnet` without an activation key (as llama.cpp's converter writes it) needs

@@ -47,9 +47,9 @@ struct Args {
     /// How to store the lm_head; for a tied model, anything but keep adds a separate copy that decoding reads instead of the embeddings (i8: 8 bits per weight, q4: 4.5)
     #[arg(long, value_enum, default_value_t = Store::Keep)]
     lm_head: Store,
-    /// Layout of ternary projections in the .bnet: tl (5 bits per 3 weights in 32-row blocks: 17% fewer bytes for every decoded token to read, the same results; format version 1.2) or t2 (2 bits per weight, row by row; format version 1.0, for readers older than 1.2)
-    #[arg(long, value_enum, default_value_t = TernaryLayout::Tl)]
-    ternary_layout: TernaryLayout,
+    /// Layout of ternary projections when OUT is a .bnet [default: tl]: tl (5 bits per 3 weights in 32-row blocks: 17% fewer bytes for every decoded token to read, the same results; format version 1.2) or t2 (2 bits per weight, row by row; format version 1.0, for readers older than 1.2)
+    #[arg(long, value_enum)]
+    ternary_layout: Option<TernaryLayout>,
     /// Ternary type of the projections when OUT is a .gguf: tq2_0 and tq1_0 load in llama.cpp (rows must be multiples of 256), i2_s in bitnet.cpp
     #[arg(long, value_enum, default_value_t = GgufType::Tq2_0)]
     gguf_type: GgufType,
@@ -143,6 +143,13 @@ fn has_ext(p: &Path, ext: &str) -> bool {
 
 fn run(a: Args) -> Result<()> {
     let to_gguf = has_ext(&a.output, "gguf");
+    if a.ternary_layout.is_some() && !has_ext(&a.output, "bnet") {
+        bail!(
+            "--ternary-layout sets how a .bnet output stores ternary weights; {} is not a .bnet \
+             (GGUF exports use --gguf-type)",
+            a.output.display()
+        );
+    }
     if is_gguf(&a.input) {
         if !has_ext(&a.output, "bnet") {
             bail!(
@@ -228,7 +235,7 @@ fn run_pack(a: &Args, file: std::fs::File, dest: &Path, summary: bool) -> Result
         },
         embeddings: a.embeddings.into(),
         lm_head: a.lm_head.into(),
-        layout: a.ternary_layout.into(),
+        layout: a.ternary_layout.map_or(Layout::default(), Layout::from),
     };
     let (mut sink, report) = pack(&ck, BackgroundWriter::new(file), dest, &opts, &|n| {
         pb.inc(n)
@@ -338,7 +345,7 @@ fn run_import(a: &Args) -> Result<()> {
             Act::Relu2 => Activation::Relu2,
             Act::Silu => Activation::Silu,
         }),
-        layout: a.ternary_layout.into(),
+        layout: a.ternary_layout.map_or(Layout::default(), Layout::from),
     };
     let total = g.tensors.iter().map(|t| t.len).sum();
     let pb = progress_bar(total, "importing", a.quiet || a.json);
