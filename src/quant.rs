@@ -334,9 +334,7 @@ pub fn unpack_tl_row(data: &[u8], k: usize, r: usize, out: &mut [i8]) {
     let block = &data[b * chunks * tl::CHUNK_BYTES..][..chunks * tl::CHUNK_BYTES];
     for (c, ch) in block.chunks_exact(tl::CHUNK_BYTES).enumerate() {
         for g in 0..8 {
-            let i = (ch[32 + 32 * (g / 2) + p] >> (4 * (g % 2))) & 15;
-            let w = tl::decode(i.min(13), (ch[p] >> g) & 1 == 1);
-            for (t, &v) in w.iter().enumerate() {
+            for (t, &v) in tl::weights_at(ch, p, g).iter().enumerate() {
                 if let Some(o) = out.get_mut(tl::column(c, g, t)) {
                     *o = v;
                 }
@@ -415,8 +413,7 @@ fn tl_is_canonical(data: &[u8], rows: usize, k: usize) -> bool {
             let ch = &block[block_bytes - tl::CHUNK_BYTES..];
             (0..tl::ROWS).all(|p| {
                 (0..8).all(|g| {
-                    let i = (ch[32 + 32 * (g / 2) + p] >> (4 * (g % 2))) & 15;
-                    let d = tl::decode(i.min(13), (ch[p] >> g) & 1 == 1);
+                    let d = tl::weights_at(ch, p, g);
                     (0..3).all(|t| d[t] == 0 || tl::column(chunks - 1, g, t) < k)
                 })
             })

@@ -62,6 +62,21 @@ pub fn decode(i: u8, neg: bool) -> [i8; 3] {
     }
 }
 
+/// The stored index and sign of group `g` of row `p` in chunk `ch` (its 160 bytes).
+#[inline]
+pub fn code_at(ch: &[u8], p: usize, g: usize) -> (u8, bool) {
+    let i = (ch[32 + 32 * (g / 2) + p] >> (4 * (g % 2))) & 15;
+    (i, (ch[p] >> g) & 1 == 1)
+}
+
+/// The weights of group `g` of row `p` in chunk `ch`; an invalid index (14, 15: refused when a
+/// file is opened) reads as 13.
+#[inline]
+pub fn weights_at(ch: &[u8], p: usize, g: usize) -> [i8; 3] {
+    let (i, neg) = code_at(ch, p, g);
+    decode(i.min(13), neg)
+}
+
 /// Column of weight `t` (0 … 2) of group `g` (0 … 7) in chunk `c`.
 #[inline]
 pub fn column(c: usize, g: usize, t: usize) -> usize {
@@ -112,10 +127,10 @@ pub fn dot_scalar(block: &[u8], lut: &[u8]) -> [i32; ROWS] {
     {
         for (p, a) in acc.iter_mut().enumerate() {
             for g in 0..8 {
-                let i = (ch[32 + 32 * (g / 2) + p] >> (4 * (g % 2))) & 15;
+                let (i, neg) = code_at(ch, p, g);
                 let e = &t[32 * g..];
                 let v = i16::from_le_bytes([e[i as usize], e[16 + i as usize]]) as i32;
-                *a += if (ch[p] >> g) & 1 == 1 { -v } else { v };
+                *a += if neg { -v } else { v };
             }
         }
     }
@@ -135,9 +150,7 @@ pub fn block_to_t2_scalar(block: &[u8], k: usize, out: &mut [u8]) {
     for (p, row) in out.chunks_exact_mut(rb).take(ROWS).enumerate() {
         for (c, ch) in block.chunks_exact(CHUNK_BYTES).enumerate() {
             for g in 0..8 {
-                let i = (ch[32 + 32 * (g / 2) + p] >> (4 * (g % 2))) & 15;
-                let d = decode(i.min(13), (ch[p] >> g) & 1 == 1);
-                for (t, &v) in d.iter().enumerate() {
+                for (t, &v) in weights_at(ch, p, g).iter().enumerate() {
                     if let Some(x) = w.get_mut(column(c, g, t)) {
                         *x = v;
                     }
@@ -153,6 +166,20 @@ pub mod x86 {
     use super::*;
     use crate::kernels::x86::prefetch;
     use std::arch::x86_64::*;
+
+    /// `$m!(0); … $m!(7);`: a chunk's eight groups, each with its shift as a literal.
+    macro_rules! each_group {
+        ($m:ident) => {
+            $m!(0);
+            $m!(1);
+            $m!(2);
+            $m!(3);
+            $m!(4);
+            $m!(5);
+            $m!(6);
+            $m!(7);
+        };
+    }
 
     /// Group `$g` of the chunk at `$p` (`$signs`: its 32 sign bytes): the 32 rows' indices as
     /// bytes, and a mask of all ones where the sign bit is set (after the shift, the top bit of
@@ -207,14 +234,7 @@ pub mod x86 {
                         a1 = _mm256_add_epi16(a1, _mm256_unpackhi_epi8(lo, hi));
                     }};
                 }
-                group!(0);
-                group!(1);
-                group!(2);
-                group!(3);
-                group!(4);
-                group!(5);
-                group!(6);
-                group!(7);
+                each_group!(group);
             }
             // the +1 of every negation (at most 64 per byte)
             let b0 = _mm256_add_epi16(a0, _mm256_unpacklo_epi8(negs, zero));
@@ -350,14 +370,7 @@ pub mod x86 {
                     }
                 }};
             }
-            group!(0);
-            group!(1);
-            group!(2);
-            group!(3);
-            group!(4);
-            group!(5);
-            group!(6);
-            group!(7);
+            each_group!(group);
         }
         // inputs in bit-reversed order make the four unpack stages a plain transpose
         const BITREV: [usize; 16] = [0, 8, 4, 12, 2, 10, 6, 14, 1, 9, 5, 13, 3, 11, 7, 15];

@@ -191,11 +191,7 @@ fn t2_tile<'r>(
     }
     for tok in tok..t {
         for r in rows.clone() {
-            let d = match l.dtype {
-                DType::B1 => 2 * kern.dot_b1_ones(row(r), act(tok)),
-                _ => kern.dot_t2_offset(row(r), act(tok)),
-            };
-            out.set(tok * l.rows + r, l.finish(d - a.sums[tok], a.scales[tok]));
+            out.set(tok * l.rows + r, packed_dot(kern, l, row(r), a, tok));
         }
     }
 }
@@ -239,7 +235,7 @@ pub(super) fn unit_rows(
         }
         (tl::ROWS * u, ys)
     } else {
-        ys.push(row_dot(kern, l, a, tok, u));
+        ys.push(packed_dot(kern, l, l.row(u), a, tok));
         (u, ys)
     }
 }
@@ -270,15 +266,15 @@ impl std::ops::Deref for UnitOut {
     }
 }
 
-/// Output `r` of `l` for token `tok` of the batch.
+/// A T2 or B1 `row` of `l` (stored, or re-laid out from TL) against token `tok`.
 #[inline]
-pub(super) fn row_dot(kern: Kernel, l: &Linear, a: &QuantizedBatch, tok: usize, r: usize) -> f32 {
+fn packed_dot(kern: Kernel, l: &Linear, row: &[u8], a: &QuantizedBatch, tok: usize) -> f32 {
     let act = &a.q[tok * a.k_pad..(tok + 1) * a.k_pad];
     let d = match l.dtype {
-        DType::T2 => kern.dot_t2_offset(l.row(r), act) - a.sums[tok],
-        _ => 2 * kern.dot_b1_ones(l.row(r), act) - a.sums[tok],
+        DType::B1 => 2 * kern.dot_b1_ones(row, act),
+        _ => kern.dot_t2_offset(row, act),
     };
-    l.finish(d, a.scales[tok])
+    l.finish(d - a.sums[tok], a.scales[tok])
 }
 
 /// `Y[t, r] = W[r] · x[t]` for several projections that read the same input (q, k, v; gate,
