@@ -45,31 +45,34 @@ fn projection(rows: usize, k: usize, dtype: DType) -> Vec<u8> {
     }
 }
 
+/// The 2B-4T projection shapes (rows × k): q and o, k and v, gate and up, down.
+const SHAPES: [(usize, usize); 4] = [(2560, 2560), (640, 2560), (6912, 2560), (2560, 6912)];
+
+/// `data` (from [`projection`]) as a projection with a divide scale.
+fn linear(data: &[u8], dtype: DType, rows: usize, k: usize) -> Linear<'_> {
+    Linear {
+        data,
+        dtype,
+        rows,
+        k,
+        unit_bytes: data.len() / rows.div_ceil(if dtype == DType::TL { 32 } else { 1 }),
+        scale: Scale {
+            value: 2.0,
+            op: ScaleOp::Divide,
+            source_dtype: DType::F32,
+        },
+    }
+}
+
 /// Both ternary layouts (T2 rows; TL 32-row blocks, 17% fewer bytes) at every shape and path,
 /// as GB/s of the bytes each stores.
 fn matvec(c: &mut Criterion) {
     let mut g = c.benchmark_group("matvec");
     g.sample_size(20);
-    for (rows, k) in [
-        (2560usize, 2560usize),
-        (640, 2560),
-        (6912, 2560),
-        (2560, 6912),
-    ] {
+    for (rows, k) in SHAPES {
         for dtype in [DType::T2, DType::TL] {
             let data = projection(rows, k, dtype);
-            let l = Linear {
-                data: &data,
-                dtype,
-                rows,
-                k,
-                unit_bytes: data.len() / rows.div_ceil(if dtype == DType::TL { 32 } else { 1 }),
-                scale: Scale {
-                    value: 2.0,
-                    op: ScaleOp::Divide,
-                    source_dtype: DType::F32,
-                },
-            };
+            let l = linear(&data, dtype, rows, k);
             let x: Vec<f32> = (0..k)
                 .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
                 .collect();
@@ -78,6 +81,41 @@ fn matvec(c: &mut Criterion) {
                 let a = QuantizedBatch::for_layers(&x, k, kern, &[&l]);
                 let name = format!("{}_{}_{rows}x{k}", dtype.name(), kern.name());
                 g.bench_function(name, |b| b.iter(|| matmul(kern, &l, black_box(&a))));
+            }
+        }
+    }
+    g.finish();
+}
+
+/// A 128-token prompt through one projection on one thread (`matmul` in a 1-thread pool: the
+/// 4-token kernel, the per-output scaling and, for TL, the re-layout to T2 rows), as int8
+/// multiply-adds per second (`elem/s`), at every 2B-4T shape and both layouts. The scalar path
+/// is left out: seconds per iteration, and no one prompts with it.
+fn prompt(c: &mut Criterion) {
+    let tokens = 128usize;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .expect("a 1-thread pool");
+    let mut g = c.benchmark_group("prompt128_1thread");
+    g.sample_size(10);
+    for (rows, k) in SHAPES {
+        for dtype in [DType::T2, DType::TL] {
+            let data = projection(rows, k, dtype);
+            let l = linear(&data, dtype, rows, k);
+            let x: Vec<f32> = (0..tokens * k)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
+                .collect();
+            g.throughput(Throughput::Elements((rows * k * tokens) as u64));
+            for kern in Kernel::all_available()
+                .into_iter()
+                .filter(|k| k.name() != "scalar")
+            {
+                let a = QuantizedBatch::for_layers(&x, k, kern, &[&l]);
+                let name = format!("{}_{}_{rows}x{k}", dtype.name(), kern.name());
+                g.bench_function(name, |b| {
+                    b.iter(|| pool.install(|| matmul(kern, &l, black_box(&a))))
+                });
             }
         }
     }
@@ -166,5 +204,5 @@ fn head_q4(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, memory, matvec, t2_rows, tl_blocks, head_q4);
+criterion_group!(benches, memory, matvec, prompt, t2_rows, tl_blocks, head_q4);
 criterion_main!(benches);
