@@ -90,16 +90,19 @@ proptest! {
     }
 }
 
-/// The largest possible magnitudes: every code 2 against -128 / 127 over many blocks.
+/// The largest possible magnitudes: every code 2 against -128 / 127 over many blocks (7 and 8
+/// blocks straddle the four-token kernel's run of i16 sums between widenings).
 #[test]
 fn extremes_do_not_overflow() {
-    for blocks in [1usize, 10, 40] {
+    for blocks in [1usize, 6, 7, 8, 10, 14, 15, 40] {
         let row = vec![0xAAu8; blocks * 64]; // every field code 2 (+1)
         for v in [-128i8, 127] {
             let act = vec![v; blocks * 256];
             let want = 2 * v as i32 * (blocks * 256) as i32;
             for kern in Kernel::all_available() {
                 assert_eq!(kern.dot_t2_offset(&row, &act), want, "{}", kern.name());
+                let x4 = kern.dot_t2_offset_x4(&row, [&act, &act, &act, &act]);
+                assert_eq!(x4, [want; 4], "{} x4, {blocks} blocks", kern.name());
             }
         }
     }
