@@ -258,9 +258,8 @@ pub(super) fn unit_rows(
     if l.dtype == DType::TL {
         let sums = kern.dot_tl(l.block(u), a.lut(tok));
         let n = (l.rows - tl::ROWS * u).min(tl::ROWS);
-        for &d in &sums[..n] {
-            ys.push(l.finish(d, a.scales[tok]));
-        }
+        l.finish_into(&sums[..n], a.scales[tok], &mut ys.v[..n]);
+        ys.n = n;
         (tl::ROWS * u, ys)
     } else {
         ys.push(packed_dot(kern, l, l.row(u), a, tok));
