@@ -46,6 +46,31 @@ pub fn exit(outcome: Result<u8, impl std::fmt::Display>) -> std::process::ExitCo
     }
 }
 
+/// Lets the C allocator keep freed buffers of up to 32 MiB for reuse instead of returning them
+/// to the kernel. The runner allocates and frees the same large temporaries (a projection's
+/// outputs for every prompt token, several MB each) in every layer; glibc otherwise maps and
+/// unmaps each one, and the page faults and page zeroing took ~7% of a 2-thread prompt
+/// (perf); 128-token prompts ran 10–30% faster at 2 threads with this (alternating runs). The
+/// cost is that up to the peak of those temporaries stays resident. Only glibc has these knobs;
+/// elsewhere this does nothing.
+pub fn keep_freed_buffers() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        extern "C" {
+            fn mallopt(param: std::ffi::c_int, value: std::ffi::c_int) -> std::ffi::c_int;
+        }
+        // glibc's malloc.h: M_TRIM_THRESHOLD = -1, M_MMAP_THRESHOLD = -3 (32 MiB is its cap)
+        const M_TRIM_THRESHOLD: std::ffi::c_int = -1;
+        const M_MMAP_THRESHOLD: std::ffi::c_int = -3;
+        // SAFETY: mallopt only changes allocator parameters; it is called before the threads
+        // that allocate are busy, and a refused value (return 0) leaves the defaults in place.
+        unsafe {
+            mallopt(M_MMAP_THRESHOLD, 32 << 20);
+            mallopt(M_TRIM_THRESHOLD, 1 << 30);
+        }
+    }
+}
+
 /// Opens a model for the runner binaries: a `.bnet`, or a GGUF file imported on the fly (with
 /// a note on stderr unless `quiet`). Errors name the file.
 pub fn open_model(

@@ -276,5 +276,6 @@ fn run(a: Args) -> Result<()> {
 }
 
 fn main() -> ExitCode {
+    bitnet::cli::keep_freed_buffers();
     bitnet::cli::exit(run(Args::parse()).map(|()| EXIT_OK))
 }

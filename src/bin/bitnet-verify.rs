@@ -233,5 +233,6 @@ fn run(a: Args) -> Result<u8> {
 }
 
 fn main() -> ExitCode {
+    bitnet::cli::keep_freed_buffers();
     bitnet::cli::exit(run(Args::parse()))
 }
