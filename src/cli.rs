@@ -50,7 +50,7 @@ pub fn exit(outcome: Result<u8, impl std::fmt::Display>) -> std::process::ExitCo
 /// to the kernel. The runner allocates and frees the same large temporaries (a projection's
 /// outputs for every prompt token, several MB each) in every layer; glibc otherwise maps and
 /// unmaps each one, and the page faults and page zeroing took ~7% of a 2-thread prompt
-/// (perf); 128-token prompts ran 10–30% faster at 2 threads with this (alternating runs). The
+/// (perf); 128-token prompts ran 10–40% faster at 2 threads with this (alternating runs). The
 /// cost is that up to the peak of those temporaries stays resident. Only glibc has these knobs;
 /// elsewhere this does nothing.
 pub fn keep_freed_buffers() {
