@@ -90,6 +90,54 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(100))]
+
+    /// A float or int8 head row against four vectors at once gives, on every path, the bits of
+    /// four single dot products (the batched lm_head must not change any logit), and the
+    /// single product is the definition up to f32 summation order.
+    #[test]
+    fn float_row_many_equals_singles(
+        n in 1usize..300,
+        vals in proptest::collection::vec(-4.0f32..4.0, 5 * 300),
+    ) {
+        use bitnet::format::bnet::DType;
+        use bitnet::kernels::float::{dot_row, dot_row_many};
+        let w = &vals[..n];
+        let hs: Vec<&[f32]> = (1..5).map(|p| &vals[p * 300..p * 300 + n]).collect();
+        for dtype in [DType::BF16, DType::F16, DType::F32, DType::I8] {
+            let (row, wq): (Vec<u8>, Vec<f64>) = match dtype {
+                DType::BF16 => (
+                    w.iter().flat_map(|&v| half::bf16::from_f32(v).to_le_bytes()).collect(),
+                    w.iter().map(|&v| half::bf16::from_f32(v).to_f64()).collect(),
+                ),
+                DType::F16 => (
+                    w.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect(),
+                    w.iter().map(|&v| half::f16::from_f32(v).to_f64()).collect(),
+                ),
+                DType::F32 => (
+                    w.iter().flat_map(|&v| v.to_le_bytes()).collect(),
+                    w.iter().map(|&v| v as f64).collect(),
+                ),
+                _ => (
+                    w.iter().map(|&v| (v * 30.0) as i8 as u8).collect(),
+                    w.iter().map(|&v| (v * 30.0) as i8 as f64).collect(),
+                ),
+            };
+            for kern in Kernel::all_available() {
+                let many = dot_row_many(kern, dtype, &row, [hs[0], hs[1], hs[2], hs[3]]);
+                for (p, h) in hs.iter().enumerate() {
+                    let one = dot_row(kern, dtype, &row, h);
+                    prop_assert_eq!(many[p].to_bits(), one.to_bits(), "{:?} {} vector {}", dtype, kern.name(), p);
+                    let def: f64 = wq.iter().zip(*h).map(|(a, &b)| a * b as f64).sum();
+                    let mag: f64 = wq.iter().zip(*h).map(|(a, &b)| (a * b as f64).abs()).sum();
+                    prop_assert!((one as f64 - def).abs() <= 1e-5 * mag + 1e-6, "{:?} {}: {} vs {}", dtype, kern.name(), one, def);
+                }
+            }
+        }
+    }
+}
+
 /// The largest possible magnitudes: every code 2 against -128 / 127 over many blocks (7 and 8
 /// blocks straddle the four-token kernel's run of i16 sums between widenings).
 #[test]

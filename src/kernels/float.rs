@@ -47,51 +47,57 @@ fn dot_row_generic(dtype: DType, row: &[u8], h: &[f32]) -> f32 {
     }
 }
 
-/// AVX2 + FMA + F16C: widen 8 stored values to f32 and fuse-multiply-add into 4 accumulators.
-/// The dtype is matched once, outside the loop: each arm is its own monomorphized loop.
+/// AVX2 + FMA + F16C: widen 8 stored values to f32 and fuse-multiply-add into 4 accumulators
+/// per vector of `hs`. The dtype is matched once, outside the loop: each arm is its own
+/// monomorphized loop. Each vector's accumulators see the same operations in the same order
+/// whatever `P` is, so `P` vectors at once give the bits of `P` calls with one.
 ///
 /// # Safety
-/// The CPU must support AVX2, FMA and F16C; `row` holds `h.len()` values of `dtype`.
+/// The CPU must support AVX2, FMA and F16C; `row` holds `n` values of `dtype` and every
+/// `hs[p]` has length `n`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_row_avx2(dtype: DType, row: &[u8], h: &[f32]) -> f32 {
+unsafe fn dot_row_avx2<const P: usize>(dtype: DType, row: &[u8], hs: [&[f32]; P]) -> [f32; P] {
     use std::arch::x86_64::*;
     let p = row.as_ptr();
-    let main = match dtype {
-        DType::BF16 => dot_avx2_with::<2>(h, p, |i| {
+    let mut main = match dtype {
+        DType::BF16 => dot_avx2_with::<2, P>(hs, p, |i| {
             let v = _mm_loadu_si128(p.add(2 * i) as *const __m128i);
             _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(v)))
         }),
-        DType::F16 => dot_avx2_with::<2>(h, p, |i| {
+        DType::F16 => dot_avx2_with::<2, P>(hs, p, |i| {
             _mm256_cvtph_ps(_mm_loadu_si128(p.add(2 * i) as *const __m128i))
         }),
-        DType::F32 => dot_avx2_with::<4>(h, p, |i| _mm256_loadu_ps(p.add(4 * i) as *const f32)),
-        _ => dot_avx2_with::<1>(h, p, |i| {
+        DType::F32 => dot_avx2_with::<4, P>(hs, p, |i| _mm256_loadu_ps(p.add(4 * i) as *const f32)),
+        _ => dot_avx2_with::<1, P>(hs, p, |i| {
             _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
                 p.add(i) as *const __m128i
             )))
         }),
     };
-    let full = h.len() / 32 * 32;
-    let size = dtype.row_bytes(1).unwrap_or(1) as usize;
-    main + dot_row_generic(dtype, &row[full * size..], &h[full..])
+    for (m, h) in main.iter_mut().zip(hs) {
+        let full = h.len() / 32 * 32;
+        let size = dtype.row_bytes(1).unwrap_or(1) as usize;
+        *m += dot_row_generic(dtype, &row[full * size..], &h[full..]);
+    }
+    main
 }
 
 /// The loop of `dot_row_avx2` over whole groups of 32 values of `SIZE` bytes each; `load(i)`
-/// widens values `i..i + 8` to f32.
+/// widens values `i..i + 8` to f32 (once for all `P` vectors).
 ///
 /// # Safety
-/// As `dot_row_avx2`; `p` points at the row, which holds `h.len()` values.
+/// As `dot_row_avx2`; `p` points at the row, which holds `hs[0].len()` values.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_avx2_with<const SIZE: usize>(
-    h: &[f32],
+unsafe fn dot_avx2_with<const SIZE: usize, const P: usize>(
+    hs: [&[f32]; P],
     p: *const u8,
     load: impl Fn(usize) -> std::arch::x86_64::__m256,
-) -> f32 {
+) -> [f32; P] {
     use std::arch::x86_64::*;
-    let full = h.len() / 32 * 32;
-    let mut acc = [_mm256_setzero_ps(); 4];
+    let full = hs[0].len() / 32 * 32;
+    let mut acc = [[_mm256_setzero_ps(); 4]; P];
     let mut i = 0;
     while i < full {
         // one 64-byte line per 32 values of at most 2 bytes, two for f32
@@ -99,25 +105,48 @@ unsafe fn dot_avx2_with<const SIZE: usize>(
         if SIZE == 4 {
             super::x86::prefetch_ahead(p.wrapping_add(i * SIZE + 64));
         }
-        for (a, acc) in acc.iter_mut().enumerate() {
-            let x = _mm256_loadu_ps(h.as_ptr().add(i + 8 * a));
-            *acc = _mm256_fmadd_ps(load(i + 8 * a), x, *acc);
+        for a in 0..4 {
+            let w = load(i + 8 * a);
+            for (acc, h) in acc.iter_mut().zip(hs) {
+                let x = _mm256_loadu_ps(h.as_ptr().add(i + 8 * a));
+                acc[a] = _mm256_fmadd_ps(w, x, acc[a]);
+            }
         }
         i += 32;
     }
-    let s = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-    let mut lanes = [0f32; 8];
-    _mm256_storeu_ps(lanes.as_mut_ptr(), s);
-    lanes.iter().sum::<f32>()
+    acc.map(|acc| {
+        let s = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+        let mut lanes = [0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), s);
+        lanes.iter().sum::<f32>()
+    })
 }
 
 /// `row · h` for a stored float row (I8 rows: the caller multiplies by the row scale).
 pub fn dot_row(kern: super::Kernel, dtype: DType, row: &[u8], h: &[f32]) -> f32 {
+    let [y] = dot_row_many(kern, dtype, row, [h]);
+    y
+}
+
+/// `row · hs[p]` for `P` vectors of one length, each with the bits of [`dot_row`]: the row is
+/// read and widened once for all of them (a float lm_head read once per `P` positions instead
+/// of once per position, when every position's logits are wanted).
+pub fn dot_row_many<const P: usize>(
+    kern: super::Kernel,
+    dtype: DType,
+    row: &[u8],
+    hs: [&[f32]; P],
+) -> [f32; P] {
+    assert!(
+        hs.iter().all(|h| h.len() == hs[0].len()),
+        "vectors of one length"
+    );
     #[cfg(target_arch = "x86_64")]
     if kern.float_simd() {
-        // SAFETY: float_simd() checked AVX2 (at selection), F16C and FMA.
-        return unsafe { dot_row_avx2(dtype, row, h) };
+        // SAFETY: float_simd() checked AVX2 (at selection), F16C and FMA; the lengths are
+        // checked above and the row's by the slicing in dot_row_generic's tail.
+        return unsafe { dot_row_avx2(dtype, row, hs) };
     }
     let _ = kern;
-    dot_row_generic(dtype, row, h)
+    hs.map(|h| dot_row_generic(dtype, row, h))
 }
