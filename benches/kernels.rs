@@ -65,26 +65,9 @@ fn linear(data: &[u8], dtype: DType, rows: usize, k: usize) -> Linear<'_> {
 }
 
 /// Both ternary layouts (T2 rows; TL 32-row blocks, 17% fewer bytes) at every shape and path,
-/// as GB/s of the bytes each stores.
+/// one token at a time as in decode, as GB/s of the bytes each stores.
 fn matvec(c: &mut Criterion) {
-    let mut g = c.benchmark_group("matvec");
-    g.sample_size(20);
-    for (rows, k) in SHAPES {
-        for dtype in [DType::T2, DType::TL] {
-            let data = projection(rows, k, dtype);
-            let l = linear(&data, dtype, rows, k);
-            let x: Vec<f32> = (0..k)
-                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
-                .collect();
-            g.throughput(Throughput::Bytes(data.len() as u64));
-            for kern in Kernel::all_available() {
-                let a = QuantizedBatch::for_layers(&x, k, kern, &[&l]);
-                let name = format!("{}_{}_{rows}x{k}", dtype.name(), kern.name());
-                g.bench_function(name, |b| b.iter(|| matmul(kern, &l, black_box(&a))));
-            }
-        }
-    }
-    g.finish();
+    projections(c, "matvec", 1, None);
 }
 
 /// A 128-token prompt through one projection on one thread (`matmul` in a 1-thread pool: the
@@ -92,13 +75,18 @@ fn matvec(c: &mut Criterion) {
 /// multiply-adds per second (`elem/s`), at every 2B-4T shape and both layouts. The scalar path
 /// is left out: seconds per iteration, and no one prompts with it.
 fn prompt(c: &mut Criterion) {
-    let tokens = 128usize;
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(1)
         .build()
         .expect("a 1-thread pool");
-    let mut g = c.benchmark_group("prompt128_1thread");
-    g.sample_size(10);
+    projections(c, "prompt128_1thread", 128, Some(&pool));
+}
+
+/// `matmul` of `tokens` tokens through every 2B-4T shape in both layouts: in the global pool
+/// as GB/s of stored bytes, or in `pool` as multiply-adds per second (without the scalar path).
+fn projections(c: &mut Criterion, group: &str, tokens: usize, pool: Option<&rayon::ThreadPool>) {
+    let mut g = c.benchmark_group(group);
+    g.sample_size(if pool.is_some() { 10 } else { 20 });
     for (rows, k) in SHAPES {
         for dtype in [DType::T2, DType::TL] {
             let data = projection(rows, k, dtype);
@@ -106,15 +94,17 @@ fn prompt(c: &mut Criterion) {
             let x: Vec<f32> = (0..tokens * k)
                 .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
                 .collect();
-            g.throughput(Throughput::Elements((rows * k * tokens) as u64));
-            for kern in Kernel::all_available()
-                .into_iter()
-                .filter(|k| k.name() != "scalar")
-            {
+            g.throughput(match pool {
+                Some(_) => Throughput::Elements((rows * k * tokens) as u64),
+                None => Throughput::Bytes(data.len() as u64),
+            });
+            let paths = Kernel::all_available().into_iter();
+            for kern in paths.filter(|k| pool.is_none() || k.name() != "scalar") {
                 let a = QuantizedBatch::for_layers(&x, k, kern, &[&l]);
                 let name = format!("{}_{}_{rows}x{k}", dtype.name(), kern.name());
-                g.bench_function(name, |b| {
-                    b.iter(|| pool.install(|| matmul(kern, &l, black_box(&a))))
+                g.bench_function(name, |b| match pool {
+                    Some(pool) => b.iter(|| pool.install(|| matmul(kern, &l, black_box(&a)))),
+                    None => b.iter(|| matmul(kern, &l, black_box(&a))),
                 });
             }
         }
