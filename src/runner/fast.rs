@@ -502,7 +502,8 @@ pub fn lm_head_many(w: &Weights, hs: &[f32], kern: Kernel) -> Vec<Vec<f32>> {
     }
     const TILE: usize = 64;
     let rows = head.rows;
-    let out = Shared::new(t * rows);
+    // one buffer per position, handed back as it is (a ppl window's logits are hundreds of MB)
+    let outs: Vec<Shared> = (0..t).map(|_| Shared::new(rows)).collect();
     let h = |p: usize| &hs[p * k..(p + 1) * k];
     (0..rows.div_ceil(TILE)).into_par_iter().for_each(|c| {
         let tile = c * TILE..((c + 1) * TILE).min(rows);
@@ -516,19 +517,18 @@ pub fn lm_head_many(w: &Weights, hs: &[f32], kern: Kernel) -> Vec<Vec<f32>> {
                     r,
                 );
                 for (u, y) in ys.into_iter().enumerate() {
-                    out.set((p + u) * rows + r, y);
+                    outs[p + u].set(r, y);
                 }
             }
             p += HEAD_POSITIONS;
         }
-        for p in p..t {
+        for (p, out) in outs.iter().enumerate().skip(p) {
             for r in tile.clone() {
-                out.set(p * rows + r, head_row(w, kern, h(p), None, r));
+                out.set(r, head_row(w, kern, h(p), None, r));
             }
         }
     });
-    let flat = out.into_vec();
-    flat.chunks_exact(rows).map(<[f32]>::to_vec).collect()
+    outs.into_iter().map(Shared::into_vec).collect()
 }
 
 /// Logit `r` of a float or int8 head for `P` hidden states at once.
