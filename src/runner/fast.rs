@@ -491,7 +491,7 @@ const HEAD_POSITIONS: usize = 4;
 /// [`lm_head`]. A float or int8 head is read from memory once for all positions, 64 rows (kept
 /// in L2) at a time, each row widened once per HEAD_POSITIONS positions: reading the whole head
 /// again for every position made perplexity and logit dumps memory-bound on it (bf16 head:
-/// `--ppl` 2.4x faster). A Q4 head is still computed position by position: its kernel runs
+/// `--ppl` 2.2–2.4x faster). A Q4 head is still computed position by position: its kernel runs
 /// close to its compute limit when streaming, so batching it would gain less (not done).
 pub fn lm_head_many(w: &Weights, hs: &[f32], kern: Kernel) -> Vec<Vec<f32>> {
     let head = &w.lm_head;
