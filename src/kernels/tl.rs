@@ -148,15 +148,8 @@ pub fn block_to_t2_scalar(block: &[u8], k: usize, out: &mut [u8]) {
     let rb = t2_row_bytes(k);
     let mut w = vec![0i8; k];
     for (p, row) in out.chunks_exact_mut(rb).take(ROWS).enumerate() {
-        for (c, ch) in block.chunks_exact(CHUNK_BYTES).enumerate() {
-            for g in 0..8 {
-                for (t, &v) in weights_at(ch, p, g).iter().enumerate() {
-                    if let Some(x) = w.get_mut(column(c, g, t)) {
-                        *x = v;
-                    }
-                }
-            }
-        }
+        // the block alone is a one-block tensor whose row p is this block's row p
+        crate::quant::unpack_tl_row(block, k, p, &mut w);
         crate::quant::pack_t2_row(&w, row);
     }
 }

@@ -534,14 +534,9 @@ pub fn lm_head_many(w: &Weights, hs: &[f32], kern: Kernel) -> Vec<Vec<f32>> {
 /// Logit `r` of a float or int8 head for `P` hidden states at once.
 fn head_row_many<const P: usize>(w: &Weights, kern: Kernel, hs: [&[f32]; P], r: usize) -> [f32; P] {
     let head = &w.lm_head;
-    let row_bytes = head.row_bytes();
-    let row = &head.data[r * row_bytes..(r + 1) * row_bytes];
-    let ys = crate::kernels::float::dot_row_many(kern, head.dtype, row, hs);
-    match head.row_scale {
-        Some(s) => {
-            let s = f32::from_le_bytes(s[4 * r..4 * r + 4].try_into().expect("4"));
-            ys.map(|y| y * s)
-        }
+    let ys = crate::kernels::float::dot_row_many(kern, head.dtype, head.stored_row(r), hs);
+    match head.row_scale_of(r) {
+        Some(s) => ys.map(|y| y * s),
         None => ys,
     }
 }
@@ -570,10 +565,7 @@ pub(super) fn head_row(
     r: usize,
 ) -> f32 {
     match q8 {
-        Some(a) => {
-            let row_bytes = w.lm_head.row_bytes();
-            kern.dot_q4(&w.lm_head.data[r * row_bytes..(r + 1) * row_bytes], a)
-        }
+        Some(a) => kern.dot_q4(w.lm_head.stored_row(r), a),
         None => {
             let [y] = head_row_many(w, kern, [h], r);
             y

@@ -116,25 +116,32 @@ impl<'a> Dense<'a> {
         self.data.len() / self.rows
     }
 
+    /// The stored bytes of row `r`.
+    pub fn stored_row(&self, r: usize) -> &'a [u8] {
+        let n = self.row_bytes();
+        &self.data[r * n..(r + 1) * n]
+    }
+
+    /// The scale of int8 row `r` (`None` for other dtypes).
+    pub fn row_scale_of(&self, r: usize) -> Option<f32> {
+        let s = self.row_scale?;
+        Some(f32::from_le_bytes(
+            s[4 * r..4 * r + 4].try_into().expect("4"),
+        ))
+    }
+
     /// Row `r` decoded to f32.
     pub fn row(&self, r: usize, out: &mut [f32]) {
+        let row = self.stored_row(r);
         match self.dtype {
-            DType::Q4 => {
-                let n = self.row_bytes();
-                crate::quant::dequantize_q4_row(&self.data[r * n..(r + 1) * n], out);
-            }
+            DType::Q4 => crate::quant::dequantize_q4_row(row, out),
             DType::I8 => {
-                let s = self.row_scale.expect("I8 tensors carry row scales");
-                let scale = f32::from_le_bytes(s[4 * r..4 * r + 4].try_into().expect("4"));
-                for (o, &q) in out.iter_mut().zip(&self.data[r * self.k..(r + 1) * self.k]) {
+                let scale = self.row_scale_of(r).expect("I8 tensors carry row scales");
+                for (o, &q) in out.iter_mut().zip(row) {
                     *o = q as i8 as f32 * scale;
                 }
             }
-            d => {
-                let f = Float::from_dtype(d).expect("float dtype");
-                let n = self.k * f.size();
-                quant::decode(f, &self.data[r * n..(r + 1) * n], out);
-            }
+            d => quant::decode(Float::from_dtype(d).expect("float dtype"), row, out),
         }
     }
 }
