@@ -185,6 +185,9 @@ fn binary_quantization_packs_one_bit_per_weight() {
     let p = synth(d.path(), true);
     let out2 = d.path().join("x.bnet");
     assert_clean_failure(pack(&p, &out2, &["--quant", "binary"]), "latent", &out2);
+    // binary weights are B1 whatever the ternary layout; asking for TL is refused, not ignored
+    let args = ["--quant", "binary", "--ternary-layout", "tl"];
+    assert_clean_failure(pack(&m, &out2, &args), "always B1", &out2);
 }
 
 #[test]

@@ -150,6 +150,11 @@ fn run(a: Args) -> Result<()> {
             a.output.display()
         );
     }
+    if matches!(a.quant, Quant::Binary) && matches!(a.ternary_layout, Some(TernaryLayout::Tl)) {
+        bail!(
+            "--ternary-layout tl stores ternary weights; --quant binary makes binary ones, which              are always B1 (1 bit per weight): drop one of the two options"
+        );
+    }
     if is_gguf(&a.input) {
         if !has_ext(&a.output, "bnet") {
             bail!(
