@@ -126,7 +126,7 @@ fn tl_blocks(c: &mut Criterion) {
             .collect();
         g.throughput(Throughput::Bytes(data.len() as u64));
         for kern in Kernel::all_available() {
-            let mut lut = vec![0u8; chunks * tl::LUT_CHUNK_BYTES];
+            let mut lut = vec![0u8; chunks * kern.tl_lut_layout().chunk_bytes()];
             kern.tl_lut(&act, chunks, &mut lut);
             g.bench_function(format!("{}_{rows}x{k}", kern.name()), |b| {
                 b.iter(|| {
@@ -136,6 +136,43 @@ fn tl_blocks(c: &mut Criterion) {
                 })
             });
         }
+    }
+    g.finish();
+}
+
+/// The TL block and T2 row kernels on one thread over 512 MiB of weights, far past every
+/// cache, as decode streams them: against `memory/read_one_thread` this says whether one
+/// core's decode is bound by the memory or by the kernel's handling of the stream (arbitrary
+/// bytes: the kernels' speed does not depend on the values).
+fn stream(c: &mut Criterion) {
+    use bitnet::kernels::tl;
+    let k = 2560usize;
+    let bytes = 512usize << 20;
+    let data: Vec<u8> = (0..bytes).map(|i| ((i * 2654435761) >> 9) as u8).collect();
+    let act: Vec<i8> = (0..k)
+        .map(|i| ((i * 37 % 255) as i32 - 127) as i8)
+        .collect();
+    let mut g = c.benchmark_group("stream_1thread");
+    g.sample_size(10);
+    g.throughput(Throughput::Bytes(bytes as u64));
+    let chunks = k.div_ceil(tl::CHUNK_COLS);
+    for kern in Kernel::all_available().into_iter().skip(1) {
+        let mut lut = vec![0u8; chunks * kern.tl_lut_layout().chunk_bytes()];
+        kern.tl_lut(&act, chunks, &mut lut);
+        g.bench_function(format!("tl_{}_k{k}", kern.name()), |b| {
+            b.iter(|| {
+                data.chunks_exact(chunks * tl::CHUNK_BYTES)
+                    .map(|block| kern.dot_tl(block, black_box(&lut))[0])
+                    .fold(0i32, i32::wrapping_add)
+            })
+        });
+        g.bench_function(format!("t2_{}_k{k}", kern.name()), |b| {
+            b.iter(|| {
+                data.chunks_exact(k / 4)
+                    .map(|row| kern.dot_t2_offset(row, black_box(&act)))
+                    .fold(0i32, i32::wrapping_add)
+            })
+        });
     }
     g.finish();
 }
@@ -196,5 +233,5 @@ fn head_q4(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, memory, matvec, prompt, t2_rows, tl_blocks, head_q4);
+criterion_group!(benches, memory, matvec, prompt, t2_rows, tl_blocks, stream, head_q4);
 criterion_main!(benches);

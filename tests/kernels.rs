@@ -275,10 +275,11 @@ proptest! {
         }
         let a = &a[..k];
         let chunks = k.div_ceil(tl::CHUNK_COLS);
-        let mut want_lut = vec![0u8; chunks * tl::LUT_CHUNK_BYTES];
-        tl::build_lut_scalar(a, chunks, &mut want_lut);
         for kern in Kernel::all_available() {
-            let mut lut = vec![0xAAu8; chunks * tl::LUT_CHUNK_BYTES];
+            let layout = kern.tl_lut_layout();
+            let mut want_lut = vec![0u8; chunks * layout.chunk_bytes()];
+            layout.build_scalar(a, chunks, &mut want_lut);
+            let mut lut = vec![0xAAu8; chunks * layout.chunk_bytes()];
             kern.tl_lut(a, chunks, &mut lut);
             prop_assert_eq!(&lut, &want_lut, "{} tables", kern.name());
             for (b, block) in data.chunks_exact(chunks * tl::CHUNK_BYTES).enumerate() {
@@ -319,7 +320,7 @@ fn tl_extremes_do_not_overflow() {
         let a = vec![av; k];
         let chunks = k.div_ceil(tl::CHUNK_COLS);
         for kern in Kernel::all_available() {
-            let mut lut = vec![0u8; chunks * tl::LUT_CHUNK_BYTES];
+            let mut lut = vec![0u8; chunks * kern.tl_lut_layout().chunk_bytes()];
             kern.tl_lut(&a, chunks, &mut lut);
             let got = kern.dot_tl(&data, &lut);
             assert!(

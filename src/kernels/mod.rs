@@ -147,11 +147,41 @@ impl Kernel {
         }
     }
 
-    /// The 32 row sums `Σ w·a` of one TL block ([`tl`]) against the tables of `a`.
+    /// Whether this path runs the TL kernels of AVX-512 VBMI (`vpermb`) over
+    /// [`tl::LutLayout::Signed`] tables; AVX-512 CPUs without VBMI (Skylake-X, Cascade Lake)
+    /// run the AVX2 TL kernels under the avx512 path.
+    #[inline]
+    fn tl_vbmi(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        return self.0 == Path::Avx512
+            && std::arch::is_x86_feature_detected!("avx512vl")
+            && std::arch::is_x86_feature_detected!("avx512vbmi");
+        #[cfg(not(target_arch = "x86_64"))]
+        false
+    }
+
+    /// The layout of the TL tables this path builds and reads.
+    #[inline]
+    pub fn tl_lut_layout(self) -> tl::LutLayout {
+        if self.tl_vbmi() {
+            tl::LutLayout::Signed
+        } else {
+            tl::LutLayout::Pairs
+        }
+    }
+
+    /// The 32 row sums `Σ w·a` of one TL block ([`tl`]) against the tables of `a`, built by
+    /// [`Kernel::tl_lut`] of the same path.
     #[inline]
     pub fn dot_tl(self, block: &[u8], lut: &[u8]) -> [i32; tl::ROWS] {
-        // a short table would end the scalar sum early (the SIMD path asserts it too)
-        assert!(lut.len() / tl::LUT_CHUNK_BYTES >= block.len() / tl::CHUNK_BYTES);
+        // a short table would end the scalar sum early (the SIMD paths assert it too)
+        assert!(lut.len() / self.tl_lut_layout().chunk_bytes() >= block.len() / tl::CHUNK_BYTES);
+        #[cfg(target_arch = "x86_64")]
+        if self.tl_vbmi() {
+            // SAFETY: tl_vbmi() checked AVX-512 F, BW (the path), VL and VBMI; the function
+            // checks the lengths it relies on.
+            return unsafe { tl::x86::dot_vbmi(block, lut) };
+        }
         match self.0 {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: a `Kernel` holding this path exists only if the CPU has it (AVX-512
@@ -161,9 +191,15 @@ impl Kernel {
         }
     }
 
-    /// The TL tables of activations `a` for `chunks` chunks into `out`.
+    /// The TL tables of activations `a` for `chunks` chunks into `out`
+    /// (`chunks · tl_lut_layout().chunk_bytes()` bytes).
     #[inline]
     pub fn tl_lut(self, a: &[i8], chunks: usize, out: &mut [u8]) {
+        #[cfg(target_arch = "x86_64")]
+        if self.tl_vbmi() {
+            // SAFETY: as in dot_tl; the function checks the output length.
+            return unsafe { tl::x86::build_signed_lut_avx512(a, chunks, out) };
+        }
         match self.0 {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above.

@@ -93,14 +93,66 @@ fn group_sums(x: [i8; 3]) -> [i16; 16] {
     t
 }
 
+/// How a kernel path lays out the tables of one activation vector. Tables live in memory only
+/// (built per input, never stored), so each path may use the layout its instructions want.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LutLayout {
+    /// 16 entries per group (`pshufb` range); the kernel applies the sign bit itself. Group
+    /// `g` of chunk `c` at `256·c + 32·g`: the low bytes of its 16 entries, then the high bytes.
+    Pairs,
+    /// 32 entries per group, index `i + 16·sign`: the 16 sums, then their negations, so one
+    /// `vpermb` (5-bit index) looks up the signed value. Group `g` of chunk `c` at
+    /// `512·c + 64·g`: the low bytes of the 32 entries, then the high bytes.
+    Signed,
+}
+
+impl LutLayout {
+    /// Table bytes per chunk.
+    pub fn chunk_bytes(self) -> usize {
+        match self {
+            LutLayout::Pairs => LUT_CHUNK_BYTES,
+            LutLayout::Signed => 2 * LUT_CHUNK_BYTES,
+        }
+    }
+
+    /// The oracle tables of this layout for `chunks` chunks of `a` (zero past its end).
+    pub fn build_scalar(self, a: &[i8], chunks: usize, out: &mut [u8]) {
+        match self {
+            LutLayout::Pairs => build_lut_scalar(a, chunks, out),
+            LutLayout::Signed => for_each_group(a, 0..chunks, |c, g, t| {
+                let o = &mut out[2 * LUT_CHUNK_BYTES * c + 64 * g..][..64];
+                for e in 0..32 {
+                    let v = if e < 16 { t[e] } else { -t[e - 16] };
+                    o[e] = v as u8;
+                    o[32 + e] = (v >> 8) as u8;
+                }
+            }),
+        }
+    }
+}
+
 /// Tables for `chunks` chunks of activations `a` (zero past its end) into `out`
-/// (`chunks · LUT_CHUNK_BYTES` bytes): group `g` of chunk `c` at `256·c + 32·g`, the low bytes
-/// of its 16 entries, then the high bytes.
+/// (`chunks · LUT_CHUNK_BYTES` bytes) in the [`LutLayout::Pairs`] layout.
 pub fn build_lut_scalar(a: &[i8], chunks: usize, out: &mut [u8]) {
     build_lut_range(a, 0..chunks, out)
 }
 
 fn build_lut_range(a: &[i8], chunks: std::ops::Range<usize>, out: &mut [u8]) {
+    for_each_group(a, chunks, |c, g, t| {
+        let o = &mut out[LUT_CHUNK_BYTES * c + 32 * g..][..32];
+        for (i, v) in t.iter().enumerate() {
+            o[i] = *v as u8;
+            o[16 + i] = (*v >> 8) as u8;
+        }
+    })
+}
+
+/// `f(chunk, group, sums)` for every group of `chunks`, `a` read as zero past its end.
+fn for_each_group(
+    a: &[i8],
+    chunks: std::ops::Range<usize>,
+    mut f: impl FnMut(usize, usize, [i16; 16]),
+) {
     let at = |i: usize| a.get(i).copied().unwrap_or(0);
     for c in chunks {
         for g in 0..8 {
@@ -109,11 +161,7 @@ fn build_lut_range(a: &[i8], chunks: std::ops::Range<usize>, out: &mut [u8]) {
                 at(column(c, g, 1)),
                 at(column(c, g, 2)),
             ]);
-            let o = &mut out[LUT_CHUNK_BYTES * c + 32 * g..][..32];
-            for (i, v) in t.iter().enumerate() {
-                o[i] = *v as u8;
-                o[16 + i] = (*v >> 8) as u8;
-            }
+            f(c, g, t);
         }
     }
 }
@@ -400,6 +448,118 @@ pub mod x86 {
                 _mm_storeu_si128(
                     o.add((16 + j) * rb) as *mut _,
                     _mm256_extracti128_si256::<1>(*v),
+                );
+            }
+        }
+    }
+
+    /// The 32 row sums of one block against [`LutLayout::Signed`] tables, with AVX-512 VBMI
+    /// on 256-bit registers. Per group one `vpternlogd` merges the four index bits with the
+    /// group's sign bit (moved to bit 4) into a 5-bit index, and two `vpermb` look up the low and
+    /// high bytes of the signed sum: about 8 vector operations per group instead of the AVX2
+    /// kernel's 13, and no negation count. Exact, as the AVX2 kernel: i16 lanes hold 64 groups.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F, BW, VL and VBMI. `block.len()` is a multiple of
+    /// `CHUNK_BYTES`; the tables hold at least as many chunks (checked).
+    #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vbmi")]
+    pub unsafe fn dot_vbmi(block: &[u8], lut: &[u8]) -> [i32; ROWS] {
+        let tb = LutLayout::Signed.chunk_bytes();
+        let chunks = block.len() / CHUNK_BYTES;
+        assert!(lut.len() >= chunks * tb);
+        let low4 = _mm256_set1_epi8(0x0F);
+        let zero = _mm256_setzero_si256();
+        let mut wide = [zero; 4];
+        let mut c = 0;
+        while c < chunks {
+            let end = (c + WIDEN_EVERY).min(chunks);
+            let (mut a0, mut a1) = (zero, zero);
+            for cc in c..end {
+                let p = block.as_ptr().add(cc * CHUNK_BYTES);
+                prefetch(
+                    p.wrapping_add(super::super::x86::PREFETCH_BYTES),
+                    CHUNK_BYTES,
+                );
+                let signs = _mm256_loadu_si256(p as *const __m256i);
+                macro_rules! group {
+                    ($g:literal) => {{
+                        let nib = _mm256_loadu_si256(p.add(32 + 16 * ($g & !1)) as *const __m256i);
+                        // bits 0-3: the index (the ternary logic takes only those bits of it)
+                        let ix = if $g % 2 == 0 {
+                            nib
+                        } else {
+                            _mm256_srli_epi16::<4>(nib)
+                        };
+                        // bit 4 of each byte: its sign bit g (shifts stay inside the byte for
+                        // that bit; what else moves in lands in bits vpermb ignores)
+                        let sg = if $g < 4 {
+                            _mm256_slli_epi16::<{ (4 - $g) & 7 }>(signs)
+                        } else {
+                            _mm256_srli_epi16::<{ ($g - 4) & 7 }>(signs)
+                        };
+                        // low4 ? ix : sg, bit by bit
+                        let idx = _mm256_ternarylogic_epi32::<0xE4>(ix, sg, low4);
+                        let tg = lut.as_ptr().add(cc * tb + 64 * $g);
+                        let tlo = _mm256_loadu_si256(tg as *const __m256i);
+                        let thi = _mm256_loadu_si256(tg.add(32) as *const __m256i);
+                        let lo = _mm256_permutexvar_epi8(idx, tlo);
+                        let hi = _mm256_permutexvar_epi8(idx, thi);
+                        a0 = _mm256_add_epi16(a0, _mm256_unpacklo_epi8(lo, hi));
+                        a1 = _mm256_add_epi16(a1, _mm256_unpackhi_epi8(lo, hi));
+                    }};
+                }
+                each_group!(group);
+            }
+            // a0 holds rows 0-7 | 16-23, a1 rows 8-15 | 24-31 (unpack works per 128-bit lane)
+            let halves = [
+                _mm256_castsi256_si128(a0),
+                _mm256_castsi256_si128(a1),
+                _mm256_extracti128_si256::<1>(a0),
+                _mm256_extracti128_si256::<1>(a1),
+            ];
+            for (w, h) in wide.iter_mut().zip(halves) {
+                *w = _mm256_add_epi32(*w, _mm256_cvtepi16_epi32(h));
+            }
+            c = end;
+        }
+        let mut out = [0i32; ROWS];
+        for (i, v) in wide.iter().enumerate() {
+            _mm256_storeu_si256(out.as_mut_ptr().add(8 * i) as *mut __m256i, *v);
+        }
+        out
+    }
+
+    /// [`LutLayout::Signed`] tables: the AVX2 tables are built into the upper half of `out`,
+    /// then each chunk is widened in place (all of a chunk is loaded before any of it is
+    /// written, and a widened chunk ends at or before the next unread one) with its negations.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F and BW. `out.len() ≥ chunks · 2 · LUT_CHUNK_BYTES`.
+    #[target_feature(enable = "avx2,avx512f,avx512bw")]
+    pub unsafe fn build_signed_lut_avx512(a: &[i8], chunks: usize, out: &mut [u8]) {
+        let tb = LutLayout::Signed.chunk_bytes();
+        assert!(out.len() >= chunks * tb);
+        let half = chunks * LUT_CHUNK_BYTES;
+        build_lut_avx2(a, chunks, &mut out[half..]);
+        let base = out.as_mut_ptr();
+        for c in 0..chunks {
+            let src = base.add(half + c * LUT_CHUNK_BYTES);
+            let groups: [__m256i; 8] =
+                std::array::from_fn(|g| _mm256_loadu_si256(src.add(32 * g) as *const __m256i));
+            for (g, t) in groups.iter().enumerate() {
+                // 16 entries as i16 (low bytes in the lower 128 bits, high bytes in the upper)
+                let (lo, hi) = (
+                    _mm256_castsi256_si128(*t),
+                    _mm256_extracti128_si256::<1>(*t),
+                );
+                let v = _mm256_set_m128i(_mm_unpackhi_epi8(lo, hi), _mm_unpacklo_epi8(lo, hi));
+                let neg = _mm256_sub_epi16(_mm256_setzero_si256(), v);
+                let e = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(v), neg);
+                let o = base.add(c * tb + 64 * g);
+                _mm256_storeu_si256(o as *mut __m256i, _mm512_cvtepi16_epi8(e));
+                _mm256_storeu_si256(
+                    o.add(32) as *mut __m256i,
+                    _mm512_cvtepi16_epi8(_mm512_srai_epi16::<8>(e)),
                 );
             }
         }

@@ -121,19 +121,23 @@ pub unsafe fn dot_t2_offset_x4_avx512(row: &[u8], act: [&[i8]; 4]) -> [i32; 4] {
 
 /// How far ahead of the current weight byte to prefetch. Decode streams every weight once from
 /// DRAM; the hardware prefetcher stops at 4 KiB page boundaries, so without this the kernels
-/// stall on weight loads (measured with perf: ~40% of decode time on the first load). With two
-/// threads sharing the memory, 6 KiB beat 2 KiB in three of three paired runs (19–22 vs 18–21
-/// tokens/s); at one thread they tie (0, 4, 8 and 12 KiB were also measured).
-pub const PREFETCH_BYTES: usize = 6144;
+/// stall on weight loads (measured with perf on Zen 3: ~40% of decode time on the first load).
+/// On Zen 3, 6 KiB into L1 (`prefetcht0`) was best. On Zen 4 prefetching into L1 held one
+/// core's streaming TL kernel at 8.7 GiB/s of the 27 GiB/s the core can read
+/// (`cargo bench --bench kernels -- stream_1thread`): L1's few miss buffers limit how many
+/// lines are in flight. Into L2 (`prefetcht1`) the same kernel streams at 17–19 GiB/s, T2 at
+/// 18–21; 16 KiB ahead beat 6 KiB in decode at one thread (19.9–21.3 against 18.3–18.5
+/// tokens/s, alternating) and tied at two.
+pub const PREFETCH_BYTES: usize = 16384;
 
-/// Prefetches the cache lines of `bytes` bytes from `p` (a hint: never faults, even past the
-/// end of an allocation).
+/// Prefetches the cache lines of `bytes` bytes from `p` into L2 (a hint: never faults, even
+/// past the end of an allocation).
 #[inline(always)]
 pub fn prefetch(p: *const u8, bytes: usize) {
     for off in (0..bytes).step_by(64) {
         // SAFETY: prefetch is a hint and does not dereference; wrapping_add keeps the pointer
         // arithmetic defined outside the allocation.
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off) as *const i8) }
+        unsafe { _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(off) as *const i8) }
     }
 }
 
@@ -156,23 +160,30 @@ pub(super) unsafe fn hsum_epi32_avx2(v: __m256i) -> i32 {
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 pub unsafe fn dot_t2_offset_avx512(row: &[u8], act: &[i8]) -> i32 {
     let mask = _mm512_set1_epi8(3);
-    let mut acc = _mm512_setzero_si512();
+    // one accumulator per field: a single one chained four `vpdpbusd` per block, each waiting
+    // for the last (latency-bound: 18-19 GiB/s on one Zen 4 core against 17.5 for AVX2)
+    let mut acc = [_mm512_setzero_si512(); 4];
     for (block, a) in row.chunks_exact(64).zip(act.chunks_exact(256)) {
-        // as in the AVX2 version (not measured: no AVX-512 machine at hand)
         prefetch_ahead(block.as_ptr());
         // all 64 bytes: byte m holds elements m + 64j
         let v = _mm512_loadu_si512(block.as_ptr() as *const _);
-        let c0 = _mm512_and_si512(v, mask);
-        let c1 = _mm512_and_si512(_mm512_srli_epi16::<2>(v), mask);
-        let c2 = _mm512_and_si512(_mm512_srli_epi16::<4>(v), mask);
-        let c3 = _mm512_and_si512(_mm512_srli_epi16::<6>(v), mask);
+        let c = [
+            _mm512_and_si512(v, mask),
+            _mm512_and_si512(_mm512_srli_epi16::<2>(v), mask),
+            _mm512_and_si512(_mm512_srli_epi16::<4>(v), mask),
+            _mm512_and_si512(_mm512_srli_epi16::<6>(v), mask),
+        ];
         let p = a.as_ptr();
-        acc = _mm512_dpbusd_epi32(acc, c0, _mm512_loadu_si512(p as *const _));
-        acc = _mm512_dpbusd_epi32(acc, c1, _mm512_loadu_si512(p.add(64) as *const _));
-        acc = _mm512_dpbusd_epi32(acc, c2, _mm512_loadu_si512(p.add(128) as *const _));
-        acc = _mm512_dpbusd_epi32(acc, c3, _mm512_loadu_si512(p.add(192) as *const _));
+        for j in 0..4 {
+            let x = _mm512_loadu_si512(p.add(64 * j) as *const _);
+            acc[j] = _mm512_dpbusd_epi32(acc[j], c[j], x);
+        }
     }
-    _mm512_reduce_add_epi32(acc)
+    let s = _mm512_add_epi32(
+        _mm512_add_epi32(acc[0], acc[1]),
+        _mm512_add_epi32(acc[2], acc[3]),
+    );
+    _mm512_reduce_add_epi32(s)
 }
 
 /// # Safety

@@ -64,7 +64,7 @@ impl QuantizedBatch {
         let lookup = a.tokens() <= TL_LUT_TOKENS;
         if let Some(l) = ls.iter().find(|l| l.dtype == DType::TL).filter(|_| lookup) {
             let chunks = l.tl_chunks();
-            a.lut_len = chunks * tl::LUT_CHUNK_BYTES;
+            a.lut_len = chunks * kern.tl_lut_layout().chunk_bytes();
             a.lut = vec![0u8; a.tokens() * a.lut_len];
             let build = |(q, lut): (&[i8], &mut [u8])| kern.tl_lut(q, chunks, lut);
             if a.tokens() > 1 {
