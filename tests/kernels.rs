@@ -53,6 +53,14 @@ proptest! {
             let got = kern.dot_t2_offset_x4(&row, [&rot[0], &rot[1], &rot[2], &rot[3]]);
             prop_assert_eq!(got.to_vec(), singles.clone(), "{} x4", kern.name());
         }
+        // four rows by four tokens: row q is the row with its bytes rotated by q (same codes
+        // multiset, other positions)
+        let rows: Vec<Vec<u8>> = (0..4).map(|q| { let mut r = row.clone(); r.rotate_left(q % row.len()); r }).collect();
+        let want4: Vec<Vec<i32>> = rows.iter().map(|r| rot.iter().map(|x| scalar::dot_t2_offset(r, x)).collect()).collect();
+        for kern in Kernel::all_available() {
+            let got = kern.dot_t2_offset_4x4([&rows[0], &rows[1], &rows[2], &rows[3]], [&rot[0], &rot[1], &rot[2], &rot[3]]);
+            prop_assert_eq!(got.iter().map(|r| r.to_vec()).collect::<Vec<_>>(), want4.clone(), "{} 4x4", kern.name());
+        }
         let mut back = vec![0i8; k];
         unpack_t2_row(&row, &mut back);
         prop_assert_eq!(back, codes);
@@ -151,6 +159,8 @@ fn extremes_do_not_overflow() {
                 assert_eq!(kern.dot_t2_offset(&row, &act), want, "{}", kern.name());
                 let x4 = kern.dot_t2_offset_x4(&row, [&act, &act, &act, &act]);
                 assert_eq!(x4, [want; 4], "{} x4, {blocks} blocks", kern.name());
+                let x16 = kern.dot_t2_offset_4x4([&row; 4], [&act, &act, &act, &act]);
+                assert_eq!(x16, [[want; 4]; 4], "{} 4x4, {blocks} blocks", kern.name());
             }
         }
     }

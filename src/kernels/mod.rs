@@ -170,6 +170,26 @@ impl Kernel {
         }
     }
 
+    /// Whether [`Kernel::dot_t2_offset_4x4`] has a kernel of its own on this path (else it
+    /// is four calls of the one-row kernel, which callers may as well make themselves).
+    #[inline]
+    pub fn has_t2_4x4(self) -> bool {
+        self.0 == Path::Avx512
+    }
+
+    /// `dot_t2_offset` of four equal-length rows against four activation vectors:
+    /// `[row][token]`.
+    #[inline]
+    pub fn dot_t2_offset_4x4(self, rows: [&[u8]; 4], act: [&[i8]; 4]) -> [[i32; 4]; 4] {
+        match self.0 {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: a `Kernel` holding this path exists only if the CPU has it; the function
+            // checks the lengths it relies on.
+            Path::Avx512 => unsafe { x86::dot_t2_offset_4x4_avx512(rows, act) },
+            _ => rows.map(|r| self.dot_t2_offset_x4(r, act)),
+        }
+    }
+
     /// The 32 row sums `Σ w·a` of one TL block ([`tl`]) against the tables of `a`, built by
     /// [`Kernel::tl_lut`] of the same path.
     #[inline]

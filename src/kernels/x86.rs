@@ -119,6 +119,41 @@ pub unsafe fn dot_t2_offset_x4_avx512(row: &[u8], act: [&[i8]; 4]) -> [i32; 4] {
     ]
 }
 
+/// Four rows against four tokens (`rows` of equal length): each row's codes are unpacked once
+/// for four tokens and each activation vector loaded once for four rows, so a block costs
+/// 64 `vpdpbusd` and 20 loads instead of 64 and 68 in four calls of the one-row kernel.
+///
+/// # Safety
+/// The CPU must support AVX-512 F, BW and VNNI; every row has `rows[0].len()` bytes and every
+/// `act[t].len() == 4 * rows[0].len()` (checked).
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+pub unsafe fn dot_t2_offset_4x4_avx512(rows: [&[u8]; 4], act: [&[i8]; 4]) -> [[i32; 4]; 4] {
+    let n = rows[0].len();
+    assert!(rows.iter().all(|r| r.len() == n) && act.iter().all(|a| a.len() == 4 * n));
+    let mask = _mm512_set1_epi8(3);
+    let mut acc = [[_mm512_setzero_si512(); 4]; 4];
+    for b in 0..n / 64 {
+        let v = rows.map(|r| _mm512_loadu_si512(r.as_ptr().add(64 * b) as *const _));
+        macro_rules! field {
+            ($j:literal) => {{
+                let x =
+                    act.map(|a| _mm512_loadu_si512(a.as_ptr().add(256 * b + 64 * $j) as *const _));
+                for (acc_r, v_r) in acc.iter_mut().zip(&v) {
+                    let c = _mm512_and_si512(_mm512_srli_epi16::<{ 2 * $j }>(*v_r), mask);
+                    for (a, x_t) in acc_r.iter_mut().zip(&x) {
+                        *a = _mm512_dpbusd_epi32(*a, c, *x_t);
+                    }
+                }
+            }};
+        }
+        field!(0);
+        field!(1);
+        field!(2);
+        field!(3);
+    }
+    acc.map(|r| r.map(|a| _mm512_reduce_add_epi32(a)))
+}
+
 /// How far ahead of the current weight byte to prefetch. Decode streams every weight once from
 /// DRAM; the hardware prefetcher stops at 4 KiB page boundaries, so without this the kernels
 /// stall on weight loads (measured with perf on Zen 3: ~40% of decode time on the first load).

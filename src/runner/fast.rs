@@ -204,9 +204,22 @@ fn t2_tile<'r>(
             for u in 4..8 {
                 out.prefetch((tok + u) * l.rows + rows.start, n);
             }
-            for (i, r) in rows.clone().enumerate() {
-                for (u, d) in kern.dot_t2_offset_x4(row(r), acts).into_iter().enumerate() {
-                    dots[u][i] = d - a.sums[tok + u];
+            let mut i = 0;
+            while i < n {
+                let r = rows.start + i;
+                if kern.has_t2_4x4() && i + 4 <= n {
+                    let quad = [row(r), row(r + 1), row(r + 2), row(r + 3)];
+                    for (q, ds) in kern.dot_t2_offset_4x4(quad, acts).into_iter().enumerate() {
+                        for (u, d) in ds.into_iter().enumerate() {
+                            dots[u][i + q] = d - a.sums[tok + u];
+                        }
+                    }
+                    i += 4;
+                } else {
+                    for (u, d) in kern.dot_t2_offset_x4(row(r), acts).into_iter().enumerate() {
+                        dots[u][i] = d - a.sums[tok + u];
+                    }
+                    i += 1;
                 }
             }
             for (u, d) in dots.iter().enumerate() {
