@@ -255,12 +255,7 @@ pub mod x86 {
             let end = (c + WIDEN_EVERY).min(chunks);
             let (mut a0, mut a1, mut negs) = (zero, zero, zero);
             for cc in c..end {
-                let p = block.as_ptr().add(cc * CHUNK_BYTES);
-                prefetch(
-                    p.wrapping_add(super::super::x86::PREFETCH_BYTES),
-                    CHUNK_BYTES,
-                );
-                let signs = _mm256_loadu_si256(p as *const __m256i);
+                let (p, signs) = chunk_at(block, cc);
                 macro_rules! group {
                     ($g:literal) => {{
                         let (idx, m) = index_and_sign!(p, signs, $g, m4, zero);
@@ -280,23 +275,10 @@ pub mod x86 {
             // the +1 of every negation (at most 64 per byte)
             let b0 = _mm256_add_epi16(a0, _mm256_unpacklo_epi8(negs, zero));
             let b1 = _mm256_add_epi16(a1, _mm256_unpackhi_epi8(negs, zero));
-            // b0 holds rows 0-7 | 16-23, b1 rows 8-15 | 24-31 (unpack works per 128-bit lane)
-            let halves = [
-                _mm256_castsi256_si128(b0),
-                _mm256_castsi256_si128(b1),
-                _mm256_extracti128_si256::<1>(b0),
-                _mm256_extracti128_si256::<1>(b1),
-            ];
-            for (w, h) in wide.iter_mut().zip(halves) {
-                *w = _mm256_add_epi32(*w, _mm256_cvtepi16_epi32(h));
-            }
+            widen_rows(&mut wide, b0, b1);
             c = end;
         }
-        let mut out = [0i32; ROWS];
-        for (i, v) in wide.iter().enumerate() {
-            _mm256_storeu_si256(out.as_mut_ptr().add(8 * i) as *mut __m256i, *v);
-        }
-        out
+        rows_of(wide)
     }
 
     /// `build_lut_scalar`, two chunks per 256-bit register (one per 128-bit lane): the 14
@@ -475,12 +457,7 @@ pub mod x86 {
             let end = (c + WIDEN_EVERY).min(chunks);
             let (mut a0, mut a1) = (zero, zero);
             for cc in c..end {
-                let p = block.as_ptr().add(cc * CHUNK_BYTES);
-                prefetch(
-                    p.wrapping_add(super::super::x86::PREFETCH_BYTES),
-                    CHUNK_BYTES,
-                );
-                let signs = _mm256_loadu_si256(p as *const __m256i);
+                let (p, signs) = chunk_at(block, cc);
                 macro_rules! group {
                     ($g:literal) => {{
                         let nib = _mm256_loadu_si256(p.add(32 + 16 * ($g & !1)) as *const __m256i);
@@ -510,23 +487,10 @@ pub mod x86 {
                 }
                 each_group!(group);
             }
-            // a0 holds rows 0-7 | 16-23, a1 rows 8-15 | 24-31 (unpack works per 128-bit lane)
-            let halves = [
-                _mm256_castsi256_si128(a0),
-                _mm256_castsi256_si128(a1),
-                _mm256_extracti128_si256::<1>(a0),
-                _mm256_extracti128_si256::<1>(a1),
-            ];
-            for (w, h) in wide.iter_mut().zip(halves) {
-                *w = _mm256_add_epi32(*w, _mm256_cvtepi16_epi32(h));
-            }
+            widen_rows(&mut wide, a0, a1);
             c = end;
         }
-        let mut out = [0i32; ROWS];
-        for (i, v) in wide.iter().enumerate() {
-            _mm256_storeu_si256(out.as_mut_ptr().add(8 * i) as *mut __m256i, *v);
-        }
-        out
+        rows_of(wide)
     }
 
     /// [`LutLayout::Signed`] tables: the AVX2 tables are built into the upper half of `out`,
@@ -563,6 +527,42 @@ pub mod x86 {
                 );
             }
         }
+    }
+
+    /// Chunk `cc` of `block` (prefetching the weights ahead of it) and its 32 sign bytes.
+    #[inline(always)]
+    unsafe fn chunk_at(block: &[u8], cc: usize) -> (*const u8, __m256i) {
+        let p = block.as_ptr().add(cc * CHUNK_BYTES);
+        prefetch(
+            p.wrapping_add(super::super::x86::PREFETCH_BYTES),
+            CHUNK_BYTES,
+        );
+        (p, _mm256_loadu_si256(p as *const __m256i))
+    }
+
+    /// Adds a block's i16 row sums to the i32 ones: `lo` holds rows 0-7 | 16-23 and `hi` rows
+    /// 8-15 | 24-31 (byte unpacks work per 128-bit lane).
+    #[inline(always)]
+    unsafe fn widen_rows(wide: &mut [__m256i; 4], lo: __m256i, hi: __m256i) {
+        let halves = [
+            _mm256_castsi256_si128(lo),
+            _mm256_castsi256_si128(hi),
+            _mm256_extracti128_si256::<1>(lo),
+            _mm256_extracti128_si256::<1>(hi),
+        ];
+        for (w, h) in wide.iter_mut().zip(halves) {
+            *w = _mm256_add_epi32(*w, _mm256_cvtepi16_epi32(h));
+        }
+    }
+
+    /// The 32 row sums in row order.
+    #[inline(always)]
+    unsafe fn rows_of(wide: [__m256i; 4]) -> [i32; ROWS] {
+        let mut out = [0i32; ROWS];
+        for (i, v) in wide.iter().enumerate() {
+            _mm256_storeu_si256(out.as_mut_ptr().add(8 * i) as *mut __m256i, *v);
+        }
+        out
     }
 
     /// 8 × 8 transpose of i16 in each 128-bit lane: `r[e]` lane `g` → result `g` lane `e`.
