@@ -147,11 +147,11 @@ impl Kernel {
         }
     }
 
-    /// Whether this path runs the TL kernels of AVX-512 VBMI (`vpermb`) over
-    /// [`tl::LutLayout::Signed`] tables; AVX-512 CPUs without VBMI (Skylake-X, Cascade Lake)
-    /// run the AVX2 TL kernels under the avx512 path.
+    /// Whether this path runs the kernels that also need AVX-512 VL and VBMI (`vpermb`,
+    /// `vpermt2b`): TL over [`tl::LutLayout::Signed`] tables and the Q4 head. AVX-512 CPUs
+    /// without VBMI (Skylake-X, Cascade Lake) run the AVX2 code of those under the avx512 path.
     #[inline]
-    fn tl_vbmi(self) -> bool {
+    fn vbmi(self) -> bool {
         #[cfg(target_arch = "x86_64")]
         return self.0 == Path::Avx512
             && std::arch::is_x86_feature_detected!("avx512vl")
@@ -163,7 +163,7 @@ impl Kernel {
     /// The layout of the TL tables this path builds and reads.
     #[inline]
     pub fn tl_lut_layout(self) -> tl::LutLayout {
-        if self.tl_vbmi() {
+        if self.vbmi() {
             tl::LutLayout::Signed
         } else {
             tl::LutLayout::Pairs
@@ -197,8 +197,8 @@ impl Kernel {
         // a short table would end the scalar sum early (the SIMD paths assert it too)
         assert!(lut.len() / self.tl_lut_layout().chunk_bytes() >= block.len() / tl::CHUNK_BYTES);
         #[cfg(target_arch = "x86_64")]
-        if self.tl_vbmi() {
-            // SAFETY: tl_vbmi() checked AVX-512 F, BW (the path), VL and VBMI; the function
+        if self.vbmi() {
+            // SAFETY: vbmi() checked AVX-512 F, BW (the path), VL and VBMI; the function
             // checks the lengths it relies on.
             return unsafe { tl::x86::dot_vbmi(block, lut) };
         }
@@ -216,7 +216,7 @@ impl Kernel {
     #[inline]
     pub fn tl_lut(self, a: &[i8], chunks: usize, out: &mut [u8]) {
         #[cfg(target_arch = "x86_64")]
-        if self.tl_vbmi() {
+        if self.vbmi() {
             // SAFETY: as in dot_tl; the function checks the output length.
             return unsafe { tl::x86::build_signed_lut_avx512(a, chunks, out) };
         }
@@ -254,6 +254,11 @@ impl Kernel {
     /// A Q4 row (formats/bnet.md §4.3) times a block-quantized int8 vector.
     #[inline]
     pub fn dot_q4(self, row: &[u8], a: &q4::Q8Blocks) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        if self.vbmi() {
+            // SAFETY: vbmi() checked AVX-512 F, BW, VNNI (the path) and VBMI.
+            return unsafe { q4::dot_q4_q8_avx512(row, a) };
+        }
         #[cfg(target_arch = "x86_64")]
         if self.float_simd() {
             // SAFETY: float_simd() checked AVX2 (at selection), F16C and FMA.

@@ -17,6 +17,13 @@ pub struct Q8Blocks {
     /// subtracts this once per block instead of re-centring every weight by −8, which would
     /// cost three vector operations per block on every row of the head.
     pub offset: Vec<i32>,
+    /// The AVX-512 kernel's copy, per group of four whole blocks: the first 16 values of each
+    /// of the four blocks, then their last 16 (the order in which it unpacks the nibbles).
+    pub q_split: Vec<i8>,
+    /// Per group of four blocks, 16 lanes: `offset` of block i in lane 4i, zeros elsewhere.
+    pub offset_lanes: Vec<i32>,
+    /// Per group of four blocks, 16 lanes: `d` of block i in lanes 4i … 4i + 3.
+    pub d_lanes: Vec<f32>,
 }
 
 impl Q8Blocks {
@@ -38,15 +45,43 @@ impl Q8Blocks {
         let offset = q
             .chunks_exact(32)
             .map(|b| 8 * b.iter().map(|&v| v as i32).sum::<i32>())
-            .collect();
-        Q8Blocks { q, d, offset }
+            .collect::<Vec<i32>>();
+        let groups = blocks / 4;
+        let mut q_split = Vec::with_capacity(groups * 128);
+        let (mut offset_lanes, mut d_lanes) = (vec![0i32; groups * 16], vec![0f32; groups * 16]);
+        for g in 0..groups {
+            for half in 0..2 {
+                for i in 0..4 {
+                    let b = 4 * g + i;
+                    q_split.extend_from_slice(&q[32 * b + 16 * half..][..16]);
+                }
+            }
+            for i in 0..4 {
+                offset_lanes[16 * g + 4 * i] = offset[4 * g + i];
+                d_lanes[16 * g + 4 * i..][..4].fill(d[4 * g + i]);
+            }
+        }
+        Q8Blocks {
+            q,
+            d,
+            offset,
+            q_split,
+            offset_lanes,
+            d_lanes,
+        }
     }
 }
 
 /// The oracle: block by block, the exact integer dot times `d_w · d_a`, summed in order.
 pub fn dot_q4_q8_scalar(row: &[u8], a: &Q8Blocks) -> f32 {
+    dot_blocks_scalar(row, a, 0)
+}
+
+/// `dot_q4_q8_scalar` of the blocks of `row`, which begin at block `first` of the row.
+fn dot_blocks_scalar(row: &[u8], a: &Q8Blocks, first: usize) -> f32 {
     let mut acc = 0f32;
-    for (b, blk) in row.chunks_exact(18).enumerate() {
+    for (i, blk) in row.chunks_exact(18).enumerate() {
+        let b = first + i;
         let dot: i32 = (0..32)
             .map(|j| (q4_nibble(blk, j) as i32 - 8) * a.q[32 * b + j] as i32)
             .sum();
@@ -54,6 +89,64 @@ pub fn dot_q4_q8_scalar(row: &[u8], a: &Q8Blocks) -> f32 {
         acc += (dw * a.d[b]) * dot as f32;
     }
     acc
+}
+
+/// AVX-512 VNNI and VBMI, four blocks (72 bytes) per step in 512-bit registers, one block per
+/// 128-bit lane: one `vpermt2b` gathers the four blocks' nibble bytes into their lanes and
+/// another their four f16 scales (each repeated over its lane), two `vpdpbusd` multiply the
+/// unsigned nibbles by the block's first and last 16 values (`q_split`), and the −8 centring,
+/// the conversion and the scale FMA run per lane, with no horizontal adds. The last 0–3
+/// blocks run the scalar code. The integer part of each block is exact; the f32 sum order is
+/// this kernel's own (tests/kernels.rs bounds it).
+///
+/// # Safety
+/// The CPU must support AVX-512 F, BW, VNNI and VBMI; `a` covers every block of `row`
+/// (checked).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi")]
+pub unsafe fn dot_q4_q8_avx512(row: &[u8], a: &Q8Blocks) -> f32 {
+    use std::arch::x86_64::*;
+    let groups = row.len() / 72;
+    assert!(a.d.len() * 18 >= row.len() && a.q_split.len() >= groups * 128);
+    // lane i, byte j: nibble byte j of block i (byte 2 + 18i + j of the group; ≥ 64 is the
+    // second register)
+    let nib_idx = _mm512_loadu_si512(
+        std::array::from_fn::<u8, 64, _>(|e| (2 + 18 * (e / 16) + e % 16) as u8).as_ptr()
+            as *const _,
+    );
+    // f16 word w (of 16): block w / 4's scale, bytes 18·(w / 4) and the next
+    let scale_idx = _mm512_loadu_si512(
+        std::array::from_fn::<u8, 64, _>(|e| (18 * ((e / 2) % 16 / 4) + e % 2) as u8).as_ptr()
+            as *const _,
+    );
+    let m15 = _mm512_set1_epi8(15);
+    let mut acc = _mm512_setzero_ps();
+    for g in 0..groups {
+        let p = row.as_ptr().add(72 * g);
+        super::x86::prefetch_ahead(p);
+        super::x86::prefetch_ahead(p.add(64));
+        let v0 = _mm512_loadu_si512(p as *const _);
+        // the group's last 8 bytes; the masked load never touches what lies past them
+        let v1 = _mm512_maskz_loadu_epi8(0xFF, p.add(64) as *const _);
+        let v = _mm512_permutex2var_epi8(v0, nib_idx, v1);
+        let lo = _mm512_and_si512(v, m15);
+        let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(v), m15);
+        let x = a.q_split.as_ptr().add(128 * g);
+        let d = _mm512_dpbusd_epi32(
+            _mm512_setzero_si512(),
+            lo,
+            _mm512_loadu_si512(x as *const _),
+        );
+        let d = _mm512_dpbusd_epi32(d, hi, _mm512_loadu_si512(x.add(64) as *const _));
+        let off = _mm512_loadu_si512(a.offset_lanes.as_ptr().add(16 * g) as *const _);
+        let dot = _mm512_cvtepi32_ps(_mm512_sub_epi32(d, off));
+        let dw = _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutex2var_epi8(
+            v0, scale_idx, v1,
+        )));
+        let s = _mm512_mul_ps(dw, _mm512_loadu_ps(a.d_lanes.as_ptr().add(16 * g)));
+        acc = _mm512_fmadd_ps(dot, s, acc);
+    }
+    _mm512_reduce_add_ps(acc) + dot_blocks_scalar(&row[72 * groups..], a, 4 * groups)
 }
 
 /// AVX2, four blocks per step. Per block: broadcast the 16 nibble bytes to both lanes and
