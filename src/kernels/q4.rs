@@ -108,6 +108,7 @@ pub unsafe fn dot_q4_q8_avx512(row: &[u8], a: &Q8Blocks) -> f32 {
     use std::arch::x86_64::*;
     let groups = row.len() / 72;
     assert!(a.d.len() * 18 >= row.len() && a.q_split.len() >= groups * 128);
+    assert!(a.offset_lanes.len() >= groups * 16 && a.d_lanes.len() >= groups * 16);
     // lane i, byte j: nibble byte j of block i (byte 2 + 18i + j of the group; ≥ 64 is the
     // second register)
     let nib_idx = _mm512_loadu_si512(
