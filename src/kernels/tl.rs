@@ -3,7 +3,8 @@
 //! weight costs 5/3 bits instead of T2's 2. For each activation vector the kernel first builds,
 //! per group of three activations, the 14 sums `d0·x0 + d1·x1 + d2·x2` a pattern can give;
 //! a 32-row block then adds one table entry per row and group with `pshufb`, negating it
-//! (`!t + 1`) where the sign bit is set.
+//! (`!t + 1`) where the sign bit is set. With AVX-512 VBMI the tables also hold the negated
+//! sums and one `vpermb` looks up the signed value ([`LutLayout`]).
 //!
 //! The sums need 10 bits, so each table is kept as a low-byte and a high-byte half and the two
 //! lookups are interleaved back into i16. i16 lanes hold 64 groups of at most 3·128 = 384
@@ -20,7 +21,8 @@ pub const ROWS: usize = 32;
 pub const CHUNK_COLS: usize = 24;
 /// Bytes of one 32-row chunk: 32 sign bytes, then 4 × 32 bytes of index nibbles.
 pub const CHUNK_BYTES: usize = 160;
-/// Table bytes per chunk: 8 groups × (16 low bytes + 16 high bytes).
+/// Table bytes per chunk in the [`LutLayout::Pairs`] layout: 8 groups × (16 low bytes + 16
+/// high bytes); [`LutLayout::chunk_bytes`] gives each layout's.
 pub const LUT_CHUNK_BYTES: usize = 256;
 /// Chunks whose i16 sums fit before widening (8 chunks = 64 groups).
 const WIDEN_EVERY: usize = 8;
