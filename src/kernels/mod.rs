@@ -170,15 +170,8 @@ impl Kernel {
         }
     }
 
-    /// Whether [`Kernel::dot_t2_offset_4x4`] has a kernel of its own on this path (else it
-    /// is four calls of the one-row kernel, which callers may as well make themselves).
-    #[inline]
-    pub fn has_t2_4x4(self) -> bool {
-        self.0 == Path::Avx512
-    }
-
     /// `dot_t2_offset` of four equal-length rows against four activation vectors:
-    /// `[row][token]`.
+    /// `[row][token]` (a kernel of its own on AVX-512; elsewhere four `dot_t2_offset_x4`).
     #[inline]
     pub fn dot_t2_offset_4x4(self, rows: [&[u8]; 4], act: [&[i8]; 4]) -> [[i32; 4]; 4] {
         match self.0 {

@@ -204,22 +204,20 @@ fn t2_tile<'r>(
             for u in 4..8 {
                 out.prefetch((tok + u) * l.rows + rows.start, n);
             }
-            let mut i = 0;
-            while i < n {
+            // rows in fours, then the last 0-3 one at a time
+            let quads = n / 4 * 4;
+            for i in (0..quads).step_by(4) {
                 let r = rows.start + i;
-                if kern.has_t2_4x4() && i + 4 <= n {
-                    let quad = [row(r), row(r + 1), row(r + 2), row(r + 3)];
-                    for (q, ds) in kern.dot_t2_offset_4x4(quad, acts).into_iter().enumerate() {
-                        for (u, d) in ds.into_iter().enumerate() {
-                            dots[u][i + q] = d - a.sums[tok + u];
-                        }
+                let quad = [row(r), row(r + 1), row(r + 2), row(r + 3)];
+                for (q, ds) in kern.dot_t2_offset_4x4(quad, acts).into_iter().enumerate() {
+                    for (u, d) in ds.into_iter().enumerate() {
+                        dots[u][i + q] = d - a.sums[tok + u];
                     }
-                    i += 4;
-                } else {
-                    for (u, d) in kern.dot_t2_offset_x4(row(r), acts).into_iter().enumerate() {
-                        dots[u][i] = d - a.sums[tok + u];
-                    }
-                    i += 1;
+                }
+            }
+            for (i, r) in rows.clone().enumerate().skip(quads) {
+                for (u, d) in kern.dot_t2_offset_x4(row(r), acts).into_iter().enumerate() {
+                    dots[u][i] = d - a.sums[tok + u];
                 }
             }
             for (u, d) in dots.iter().enumerate() {
