@@ -20,7 +20,7 @@ use super::fast::{head_row, unit_rows, QuantizedBatch, Session, Shared};
 use super::ops::{attend_group, gated, rms_norm, KvHead, RopeAt};
 use super::weights::Linear;
 use crate::format::bnet::DType;
-use crate::kernels::q4::Q8Blocks;
+use crate::kernels::{q4::Q8Blocks, tl::ROWS};
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -110,14 +110,15 @@ fn claims(next: &AtomicUsize, n: usize) -> impl Iterator<Item = Range<usize>> + 
 /// from `next`.
 fn matvec(s: &Session, ls: &[&Linear], a: &QuantizedBatch, next: &AtomicUsize, out: &Shared) {
     let total = ls.iter().map(|l| l.units()).sum();
+    let mut ys = [0f32; ROWS];
     for range in claims(next, total) {
         // the range may cross from one projection into the next
         let (mut base, mut row0) = (0, 0);
         for l in ls {
             let (lo, hi) = (range.start.max(base), range.end.min(base + l.units()));
             for u in lo..hi {
-                let (r, ys) = unit_rows(s.kern, l, a, 0, u - base);
-                for (i, y) in ys.iter().enumerate() {
+                let (r, n) = unit_rows(s.kern, l, a, 0, u - base, &mut ys);
+                for (i, y) in ys[..n].iter().enumerate() {
                     out.set(row0 + r + i, *y);
                 }
             }
@@ -133,12 +134,12 @@ fn gated_matvec(s: &Session, li: usize, a: &QuantizedBatch, next: &AtomicUsize, 
     let layer = &s.w.layers[li];
     let (g, u) = (&layer.gate, &layer.up);
     let act = s.w.activation();
+    let (mut gv, mut uv, mut m) = ([0f32; ROWS], [0f32; ROWS], [0f32; ROWS]);
     for unit in claims(next, g.units()).flatten() {
-        let (r, gv) = unit_rows(s.kern, g, a, 0, unit);
-        let (_, uv) = unit_rows(s.kern, u, a, 0, unit);
-        let mut m = [0f32; crate::kernels::tl::ROWS];
-        gated(act, &gv, &uv, &mut m[..gv.len()]);
-        for (i, y) in m[..gv.len()].iter().enumerate() {
+        let (r, n) = unit_rows(s.kern, g, a, 0, unit, &mut gv);
+        unit_rows(s.kern, u, a, 0, unit, &mut uv);
+        gated(act, &gv[..n], &uv[..n], &mut m[..n]);
+        for (i, y) in m[..n].iter().enumerate() {
             out.set(r + i, *y);
         }
     }
