@@ -131,17 +131,30 @@ pub unsafe fn dot_t2_offset_4x4_avx512(rows: [&[u8]; 4], act: [&[i8]; 4]) -> [[i
     let n = rows[0].len();
     assert!(rows.iter().all(|r| r.len() == n) && act.iter().all(|a| a.len() == 4 * n));
     let mask = _mm512_set1_epi8(3);
+    // Plain loops over pointers, no closures (`array::map`) in the loop: a build where LLVM
+    // left those closures out of line ran 128-token prompts at half speed (72 against
+    // 130 tokens/s on one Zen 5 core), each load a call.
+    let (mut rp, mut ap) = ([std::ptr::null::<u8>(); 4], [std::ptr::null::<i8>(); 4]);
+    for i in 0..4 {
+        rp[i] = rows[i].as_ptr();
+        ap[i] = act[i].as_ptr();
+    }
     let mut acc = [[_mm512_setzero_si512(); 4]; 4];
     for b in 0..n / 64 {
-        let v = rows.map(|r| _mm512_loadu_si512(r.as_ptr().add(64 * b) as *const _));
+        let mut v = [_mm512_setzero_si512(); 4];
+        for r in 0..4 {
+            v[r] = _mm512_loadu_si512(rp[r].add(64 * b) as *const _);
+        }
         macro_rules! field {
             ($j:literal) => {{
-                let x =
-                    act.map(|a| _mm512_loadu_si512(a.as_ptr().add(256 * b + 64 * $j) as *const _));
-                for (acc_r, v_r) in acc.iter_mut().zip(&v) {
-                    let c = _mm512_and_si512(_mm512_srli_epi16::<{ 2 * $j }>(*v_r), mask);
-                    for (a, x_t) in acc_r.iter_mut().zip(&x) {
-                        *a = _mm512_dpbusd_epi32(*a, c, *x_t);
+                let mut x = [_mm512_setzero_si512(); 4];
+                for t in 0..4 {
+                    x[t] = _mm512_loadu_si512(ap[t].add(256 * b + 64 * $j) as *const _);
+                }
+                for r in 0..4 {
+                    let c = _mm512_and_si512(_mm512_srli_epi16::<{ 2 * $j }>(v[r]), mask);
+                    for t in 0..4 {
+                        acc[r][t] = _mm512_dpbusd_epi32(acc[r][t], c, x[t]);
                     }
                 }
             }};
@@ -151,7 +164,13 @@ pub unsafe fn dot_t2_offset_4x4_avx512(rows: [&[u8]; 4], act: [&[i8]; 4]) -> [[i
         field!(2);
         field!(3);
     }
-    acc.map(|r| r.map(|a| _mm512_reduce_add_epi32(a)))
+    let mut out = [[0i32; 4]; 4];
+    for r in 0..4 {
+        for t in 0..4 {
+            out[r][t] = _mm512_reduce_add_epi32(acc[r][t]);
+        }
+    }
+    out
 }
 
 /// How far ahead of the current weight byte to prefetch. Decode streams every weight once from
