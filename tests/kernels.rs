@@ -222,9 +222,22 @@ proptest! {
         let a = bitnet::kernels::q4::Q8Blocks::new(&h);
         prop_assert!(a.q.iter().all(|&q| q != -128));
         let (want, mag) = q4_definition(&row, &a);
+        // three more vectors for the many-vector kernel
+        let others: Vec<_> = (0..3)
+            .map(|_| {
+                let h: Vec<f32> = (0..k).map(|_| (next() % 2001) as f32 / 100.0 - 10.0).collect();
+                bitnet::kernels::q4::Q8Blocks::new(&h)
+            })
+            .collect();
+        let all = [&a, &others[0], &others[1], &others[2]];
         for kern in Kernel::all_available() {
             let got = kern.dot_q4(&row, &a) as f64;
             prop_assert!((got - want).abs() <= 1e-5 * mag + 1e-30, "{}: {got} vs {want} (Σ|t| {mag})", kern.name());
+            // the row against four vectors at once: each result the bits of a call alone
+            let many = kern.dot_q4_many(&row, all);
+            for (m, v) in many.iter().zip(all) {
+                prop_assert_eq!(m.to_bits(), kern.dot_q4(&row, v).to_bits(), "{}", kern.name());
+            }
         }
     }
 }

@@ -208,6 +208,40 @@ fn fast_runner_matches_reference_on_every_kernel_path() {
     }
 }
 
+/// A Q4 head's logits of every position (one pass over the head for four positions at a time,
+/// as `--ppl` and verify read them) are bit-identical to decoding token by token, on every path.
+#[test]
+fn q4_head_batched_logits_are_the_decode_bits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = PackOptions {
+        lm_head: bitnet::pack::StoreAs::Q4,
+        ..Default::default()
+    };
+    for dir in ["bitnet-latent", "llama-bitlinear-256"] {
+        let f = BnetFile::open(&packed_with(dir, tmp.path(), &opts)).unwrap();
+        let w = Weights::load(&f).unwrap();
+        assert_eq!(w.lm_head.dtype, DType::Q4);
+        let ids = &goldens(dir)[0].ids;
+        assert!(
+            ids.len() >= 5,
+            "the prompt takes a group of four and a remainder"
+        );
+        for kern in Kernel::all_available() {
+            let batched = Session::new(&w, kern).forward(ids, true).unwrap();
+            let mut s = Session::new(&w, kern);
+            for (pos, &id) in ids.iter().enumerate() {
+                let got = s.forward(&[id], false).unwrap();
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert!(
+                    bits(&got[0]) == bits(&batched[pos]),
+                    "{dir} {}: position {pos} of the batch is not decode's bits",
+                    kern.name()
+                );
+            }
+        }
+    }
+}
+
 /// The TL layout holds the same weights as T2 and its kernels compute the same integer dots, so
 /// a TL container gives the T2 container's logits bit for bit: the reference, the batched
 /// prompt (four tokens per kernel call plus the remainder) and decoding, on every path.

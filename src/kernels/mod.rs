@@ -260,6 +260,18 @@ impl Kernel {
         q4::dot_q4_q8_scalar(row, a)
     }
 
+    /// [`Kernel::dot_q4`] of one row against `P` vectors, each result with the bits of a call
+    /// with that vector alone (the AVX-512 kernel unpacks the row once for all of them).
+    #[inline]
+    pub fn dot_q4_many<const P: usize>(self, row: &[u8], a: [&q4::Q8Blocks; P]) -> [f32; P] {
+        #[cfg(target_arch = "x86_64")]
+        if self.vbmi() {
+            // SAFETY: vbmi() checked AVX-512 F, BW, VNNI (the path) and VBMI.
+            return unsafe { q4::dot_q4_q8_avx512_many(row, a) };
+        }
+        a.map(|a| self.dot_q4(row, a))
+    }
+
     /// Σ a over the positions whose B1 bit is 1; the caller forms `2·that − Σa`.
     #[inline]
     pub fn dot_b1_ones(self, row: &[u8], act: &[i8]) -> i32 {

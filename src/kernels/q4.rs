@@ -105,10 +105,25 @@ fn dot_blocks_scalar(row: &[u8], a: &Q8Blocks, first: usize) -> f32 {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi")]
 pub unsafe fn dot_q4_q8_avx512(row: &[u8], a: &Q8Blocks) -> f32 {
+    dot_q4_q8_avx512_many(row, [a])[0]
+}
+
+/// [`dot_q4_q8_avx512`] of one row against `P` vectors: each group of the row is loaded and
+/// unpacked once for all of them (a head read once per `P` positions, for perplexity and logit
+/// dumps). Each vector's accumulator sees the operations of the one-vector kernel in the same
+/// order, so every result has the bits of a call with that vector alone.
+///
+/// # Safety
+/// As [`dot_q4_q8_avx512`], for every vector.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi")]
+pub unsafe fn dot_q4_q8_avx512_many<const P: usize>(row: &[u8], a: [&Q8Blocks; P]) -> [f32; P] {
     use std::arch::x86_64::*;
     let groups = row.len() / 72;
-    assert!(a.d.len() * 18 >= row.len() && a.q_split.len() >= groups * 128);
-    assert!(a.offset_lanes.len() >= groups * 16 && a.d_lanes.len() >= groups * 16);
+    for a in a {
+        assert!(a.d.len() * 18 >= row.len() && a.q_split.len() >= groups * 128);
+        assert!(a.offset_lanes.len() >= groups * 16 && a.d_lanes.len() >= groups * 16);
+    }
     // lane i, byte j: nibble byte j of block i (byte 2 + 18i + j of the group; ≥ 64 is the
     // second register)
     let nib_idx = _mm512_loadu_si512(
@@ -121,7 +136,7 @@ pub unsafe fn dot_q4_q8_avx512(row: &[u8], a: &Q8Blocks) -> f32 {
             as *const _,
     );
     let m15 = _mm512_set1_epi8(15);
-    let mut acc = _mm512_setzero_ps();
+    let mut acc = [_mm512_setzero_ps(); P];
     for g in 0..groups {
         let p = row.as_ptr().add(72 * g);
         super::x86::prefetch_ahead(p);
@@ -132,22 +147,30 @@ pub unsafe fn dot_q4_q8_avx512(row: &[u8], a: &Q8Blocks) -> f32 {
         let v = _mm512_permutex2var_epi8(v0, nib_idx, v1);
         let lo = _mm512_and_si512(v, m15);
         let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(v), m15);
-        let x = a.q_split.as_ptr().add(128 * g);
-        let d = _mm512_dpbusd_epi32(
-            _mm512_setzero_si512(),
-            lo,
-            _mm512_loadu_si512(x as *const _),
-        );
-        let d = _mm512_dpbusd_epi32(d, hi, _mm512_loadu_si512(x.add(64) as *const _));
-        let off = _mm512_loadu_si512(a.offset_lanes.as_ptr().add(16 * g) as *const _);
-        let dot = _mm512_cvtepi32_ps(_mm512_sub_epi32(d, off));
         let dw = _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutex2var_epi8(
             v0, scale_idx, v1,
         )));
-        let s = _mm512_mul_ps(dw, _mm512_loadu_ps(a.d_lanes.as_ptr().add(16 * g)));
-        acc = _mm512_fmadd_ps(dot, s, acc);
+        // plain loops, no closures: see x86::dot_t2_offset_4x4_avx512
+        for j in 0..P {
+            let x = a[j].q_split.as_ptr().add(128 * g);
+            let d = _mm512_dpbusd_epi32(
+                _mm512_setzero_si512(),
+                lo,
+                _mm512_loadu_si512(x as *const _),
+            );
+            let d = _mm512_dpbusd_epi32(d, hi, _mm512_loadu_si512(x.add(64) as *const _));
+            let off = _mm512_loadu_si512(a[j].offset_lanes.as_ptr().add(16 * g) as *const _);
+            let dot = _mm512_cvtepi32_ps(_mm512_sub_epi32(d, off));
+            let s = _mm512_mul_ps(dw, _mm512_loadu_ps(a[j].d_lanes.as_ptr().add(16 * g)));
+            acc[j] = _mm512_fmadd_ps(dot, s, acc[j]);
+        }
     }
-    _mm512_reduce_add_ps(acc) + dot_blocks_scalar(&row[72 * groups..], a, 4 * groups)
+    let mut out = [0f32; P];
+    for j in 0..P {
+        out[j] =
+            _mm512_reduce_add_ps(acc[j]) + dot_blocks_scalar(&row[72 * groups..], a[j], 4 * groups);
+    }
+    out
 }
 
 /// AVX2, four blocks per step. Per block: broadcast the 16 nibble bytes to both lanes and

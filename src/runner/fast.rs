@@ -475,35 +475,42 @@ impl<'w, 'a> Session<'w, 'a> {
 const HEAD_POSITIONS: usize = 4;
 
 /// Logits of several hidden states (`hs`: `[position][hidden]`), each with the bits of
-/// [`lm_head`]. A float or int8 head is read from memory once for all positions, 64 rows (kept
-/// in L2) at a time, each row widened once per HEAD_POSITIONS positions: reading the whole head
+/// [`lm_head`]. The head is read from memory once for all positions, 64 rows (kept in L2) at a
+/// time, each row widened or unpacked once per HEAD_POSITIONS positions: reading the whole head
 /// again for every position made perplexity and logit dumps memory-bound on it (bf16 head:
-/// `--ppl` 2.2–2.4x faster). A Q4 head is still computed position by position: its kernel runs
-/// close to its compute limit when streaming, so batching it would gain less (not done).
+/// `--ppl` 2.2–2.4x faster; Q4 head: see [`Kernel::dot_q4_many`]).
 pub fn lm_head_many(w: &Weights, hs: &[f32], kern: Kernel) -> Vec<Vec<f32>> {
     let head = &w.lm_head;
     let k = head.k;
     let t = hs.len() / k;
-    if head.dtype == DType::Q4 || t == 1 {
-        return hs.chunks_exact(k).map(|h| lm_head(w, h, kern)).collect();
+    if t == 1 {
+        return vec![lm_head(w, hs, kern)];
     }
     const TILE: usize = 64;
     let rows = head.rows;
     // one buffer per position, handed back as it is (a ppl window's logits are hundreds of MB)
     let outs: Vec<Shared> = (0..t).map(|_| Shared::new(rows)).collect();
     let h = |p: usize| &hs[p * k..(p + 1) * k];
+    // a Q4 head multiplies each position's hidden state quantized per block, as in lm_head
+    let q8: Vec<Q8Blocks> = if head.dtype == DType::Q4 {
+        hs.par_chunks_exact(k).map(Q8Blocks::new).collect()
+    } else {
+        Vec::new()
+    };
+    let many = |r: usize, p: usize| -> [f32; HEAD_POSITIONS] {
+        if q8.is_empty() {
+            head_row_many(w, kern, std::array::from_fn(|u| h(p + u)), r)
+        } else {
+            kern.dot_q4_many(head.stored_row(r), std::array::from_fn(|u| &q8[p + u]))
+        }
+    };
+    let one = |r: usize, p: usize| head_row(w, kern, h(p), q8.get(p), r);
     (0..rows.div_ceil(TILE)).into_par_iter().for_each(|c| {
         let tile = c * TILE..((c + 1) * TILE).min(rows);
         let mut p = 0;
         while p + HEAD_POSITIONS <= t {
             for r in tile.clone() {
-                let ys = head_row_many(
-                    w,
-                    kern,
-                    std::array::from_fn::<_, HEAD_POSITIONS, _>(|u| h(p + u)),
-                    r,
-                );
-                for (u, y) in ys.into_iter().enumerate() {
+                for (u, y) in many(r, p).into_iter().enumerate() {
                     outs[p + u].set(r, y);
                 }
             }
@@ -511,7 +518,7 @@ pub fn lm_head_many(w: &Weights, hs: &[f32], kern: Kernel) -> Vec<Vec<f32>> {
         }
         for (p, out) in outs.iter().enumerate().skip(p) {
             for r in tile.clone() {
-                out.set(r, head_row(w, kern, h(p), None, r));
+                out.set(r, one(r, p));
             }
         }
     });
