@@ -141,7 +141,7 @@ pub unsafe fn dot_q4_q8_avx512_many<const P: usize>(row: &[u8], a: [&Q8Blocks; P
         let p = row.as_ptr().add(72 * g);
         super::x86::prefetch_ahead(p);
         super::x86::prefetch_ahead(p.add(64));
-        let v0 = _mm512_loadu_si512(p as *const _);
+        let v0 = super::x86::load_512_as_halves(p);
         // the group's last 8 bytes; the masked load never touches what lies past them
         let v1 = _mm512_maskz_loadu_epi8(0xFF, p.add(64) as *const _);
         let v = _mm512_permutex2var_epi8(v0, nib_idx, v1);

@@ -201,6 +201,29 @@ pub fn prefetch_ahead(p: *const u8) {
     prefetch(p.wrapping_add(PREFETCH_BYTES), 1);
 }
 
+/// 64 bytes from `p` (any alignment) as two 256-bit loads, in inline assembly so that LLVM
+/// cannot merge them back into one 512-bit load. On Zen 5 a 512-bit load that straddles two
+/// cache lines of a stream from DRAM is slow where 256-bit ones are not: the Q4 head's 72-byte
+/// groups straddle 7 times in 8, and its kernel streamed at 17.5–19 GiB/s with one 512-bit
+/// load per group against 32 with two 256-bit ones (`cargo bench --bench kernels --
+/// head_q4`); decode 30 → 33 tokens/s. (Aligned 512-bit loads stream at full speed.)
+///
+/// # Safety
+/// The CPU must support AVX-512 F; `p` is valid for reading 64 bytes.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn load_512_as_halves(p: *const u8) -> __m512i {
+    let (lo, hi): (__m256i, __m256i);
+    std::arch::asm!(
+        "vmovdqu {lo}, ymmword ptr [{p}]",
+        "vmovdqu {hi}, ymmword ptr [{p} + 32]",
+        p = in(reg) p,
+        lo = out(ymm_reg) lo,
+        hi = out(ymm_reg) hi,
+        options(pure, readonly, nostack, preserves_flags),
+    );
+    _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
+}
+
 #[target_feature(enable = "avx2")]
 pub(super) unsafe fn hsum_epi32_avx2(v: __m256i) -> i32 {
     let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
