@@ -164,7 +164,8 @@ fn tl_blocks(c: &mut Criterion) {
     g.finish();
 }
 
-/// The TL block and T2 row kernels on one thread over 512 MiB of weights, far past every
+/// The TL block (alone, and in pairs of two streams as decode's gate and up) and T2 row kernels
+/// on one thread over 512 MiB of weights, far past every
 /// cache, as decode streams them: against `memory/read_one_thread` this says whether one
 /// core's decode is bound by the memory or by the kernel's handling of the stream (arbitrary
 /// bytes: the kernels' speed does not depend on the values).
@@ -192,6 +193,18 @@ fn stream(c: &mut Criterion) {
             b.iter(|| {
                 data.chunks_exact(chunks * tl::CHUNK_BYTES)
                     .map(|block| kern.dot_tl(block, black_box(&lut))[0])
+                    .fold(0i32, i32::wrapping_add)
+            })
+        });
+        // two streams through one call per pair of blocks, as decode's gate and up: the first
+        // and second halves of the data
+        g.bench_function(format!("tl_pair_{}_k{k}", kern.name()), |b| {
+            b.iter(|| {
+                let (x, y) = data.split_at(data.len() / 2);
+                let bl = chunks * tl::CHUNK_BYTES;
+                x.chunks_exact(bl)
+                    .zip(y.chunks_exact(bl))
+                    .map(|(u, v)| kern.dot_tl_pair(u, v, black_box(&lut))[0][0])
                     .fold(0i32, i32::wrapping_add)
             })
         });

@@ -333,6 +333,13 @@ proptest! {
                     prop_assert_eq!(g, want, "{} row {}", kern.name(), r);
                 }
             }
+            // blocks in pairs through one call (decode's gate and up): each the bits of a call alone
+            let blocks: Vec<&[u8]> = data.chunks_exact(chunks * tl::CHUNK_BYTES).collect();
+            for (i, &x) in blocks.iter().enumerate() {
+                let y = blocks[(i + 1) % blocks.len()];
+                let pair = kern.dot_tl_pair(x, y, &lut);
+                prop_assert_eq!(pair, [kern.dot_tl(x, &lut), kern.dot_tl(y, &lut)], "{} pair {}", kern.name(), i);
+            }
         }
     }
 }

@@ -448,51 +448,75 @@ pub mod x86 {
     /// `CHUNK_BYTES`; the tables hold at least as many chunks (checked).
     #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vbmi")]
     pub unsafe fn dot_vbmi(block: &[u8], lut: &[u8]) -> [i32; ROWS] {
+        dot_vbmi_n([block], lut)[0]
+    }
+
+    /// [`dot_vbmi`] of `N` blocks of one length against the same tables, each table line
+    /// loaded once for all of them, each block's sums the bits of a call with it alone.
+    ///
+    /// # Safety
+    /// As [`dot_vbmi`], for every block.
+    #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vbmi")]
+    pub unsafe fn dot_vbmi_n<const N: usize>(blocks: [&[u8]; N], lut: &[u8]) -> [[i32; ROWS]; N] {
         let tb = LutLayout::Signed.chunk_bytes();
-        let chunks = block.len() / CHUNK_BYTES;
+        let chunks = blocks[0].len() / CHUNK_BYTES;
+        assert!(blocks.iter().all(|b| b.len() == blocks[0].len()));
         assert!(lut.len() >= chunks * tb);
         let low4 = _mm256_set1_epi8(0x0F);
         let zero = _mm256_setzero_si256();
-        let mut wide = [zero; 4];
+        let mut wide = [[zero; 4]; N];
         let mut c = 0;
         while c < chunks {
             let end = (c + WIDEN_EVERY).min(chunks);
-            let (mut a0, mut a1) = (zero, zero);
+            let (mut a0, mut a1) = ([zero; N], [zero; N]);
             for cc in c..end {
-                let (p, signs) = chunk_at(block, cc);
+                let mut p = [std::ptr::null::<u8>(); N];
+                let mut signs = [zero; N];
+                for n in 0..N {
+                    (p[n], signs[n]) = chunk_at(blocks[n], cc);
+                }
                 macro_rules! group {
                     ($g:literal) => {{
-                        let nib = _mm256_loadu_si256(p.add(32 + 16 * ($g & !1)) as *const __m256i);
-                        // bits 0-3: the index (the ternary logic takes only those bits of it)
-                        let ix = if $g % 2 == 0 {
-                            nib
-                        } else {
-                            _mm256_srli_epi16::<4>(nib)
-                        };
-                        // bit 4 of each byte: its sign bit g (shifts stay inside the byte for
-                        // that bit; what else moves in lands in bits vpermb ignores)
-                        let sg = if $g < 4 {
-                            _mm256_slli_epi16::<{ (4 - $g) & 7 }>(signs)
-                        } else {
-                            _mm256_srli_epi16::<{ ($g - 4) & 7 }>(signs)
-                        };
-                        // low4 ? ix : sg, bit by bit
-                        let idx = _mm256_ternarylogic_epi32::<0xE4>(ix, sg, low4);
                         let tg = lut.as_ptr().add(cc * tb + 64 * $g);
                         let tlo = _mm256_loadu_si256(tg as *const __m256i);
                         let thi = _mm256_loadu_si256(tg.add(32) as *const __m256i);
-                        let lo = _mm256_permutexvar_epi8(idx, tlo);
-                        let hi = _mm256_permutexvar_epi8(idx, thi);
-                        a0 = _mm256_add_epi16(a0, _mm256_unpacklo_epi8(lo, hi));
-                        a1 = _mm256_add_epi16(a1, _mm256_unpackhi_epi8(lo, hi));
+                        for n in 0..N {
+                            let nib =
+                                _mm256_loadu_si256(p[n].add(32 + 16 * ($g & !1)) as *const __m256i);
+                            // bits 0-3: the index (the ternary logic takes only those bits)
+                            let ix = if $g % 2 == 0 {
+                                nib
+                            } else {
+                                _mm256_srli_epi16::<4>(nib)
+                            };
+                            // bit 4 of each byte: its sign bit g (shifts stay inside the byte
+                            // for that bit; what else moves in lands in bits vpermb ignores)
+                            let sg = if $g < 4 {
+                                _mm256_slli_epi16::<{ (4 - $g) & 7 }>(signs[n])
+                            } else {
+                                _mm256_srli_epi16::<{ ($g - 4) & 7 }>(signs[n])
+                            };
+                            // low4 ? ix : sg, bit by bit
+                            let idx = _mm256_ternarylogic_epi32::<0xE4>(ix, sg, low4);
+                            let lo = _mm256_permutexvar_epi8(idx, tlo);
+                            let hi = _mm256_permutexvar_epi8(idx, thi);
+                            a0[n] = _mm256_add_epi16(a0[n], _mm256_unpacklo_epi8(lo, hi));
+                            a1[n] = _mm256_add_epi16(a1[n], _mm256_unpackhi_epi8(lo, hi));
+                        }
                     }};
                 }
                 each_group!(group);
             }
-            widen_rows(&mut wide, a0, a1);
+            for n in 0..N {
+                widen_rows(&mut wide[n], a0[n], a1[n]);
+            }
             c = end;
         }
-        rows_of(wide)
+        let mut out = [[0; ROWS]; N];
+        for n in 0..N {
+            out[n] = rows_of(wide[n]);
+        }
+        out
     }
 
     /// [`LutLayout::Signed`] tables: the AVX2 tables are built into the upper half of `out`,

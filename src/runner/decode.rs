@@ -16,7 +16,7 @@
 //! same attention and activation functions, so decode and a one-token prompt give identical
 //! logits (tests/runner.rs).
 
-use super::fast::{head_row, unit_rows, QuantizedBatch, Session, Shared};
+use super::fast::{head_row, unit_rows, unit_rows_pair, QuantizedBatch, Session, Shared};
 use super::ops::{attend_group, gated, rms_norm, KvHead, RopeAt};
 use super::weights::Linear;
 use crate::format::bnet::DType;
@@ -136,8 +136,7 @@ fn gated_matvec(s: &Session, li: usize, a: &QuantizedBatch, next: &AtomicUsize, 
     let act = s.w.activation();
     let (mut gv, mut uv, mut m) = ([0f32; ROWS], [0f32; ROWS], [0f32; ROWS]);
     for unit in claims(next, g.units()).flatten() {
-        let (r, n) = unit_rows(s.kern, g, a, 0, unit, &mut gv);
-        unit_rows(s.kern, u, a, 0, unit, &mut uv);
+        let (r, n) = unit_rows_pair(s.kern, [g, u], a, 0, unit, [&mut gv, &mut uv]);
         gated(act, &gv[..n], &uv[..n], &mut m[..n]);
         for (i, y) in m[..n].iter().enumerate() {
             out.set(r + i, *y);

@@ -281,6 +281,29 @@ pub(super) fn unit_rows(
     }
 }
 
+/// [`unit_rows`] of unit `u` of two projections of one shape and layout (gate and up) into
+/// `ys[0]` and `ys[1]`: TL blocks go through one kernel call for both.
+#[inline]
+pub(super) fn unit_rows_pair(
+    kern: Kernel,
+    ls: [&Linear; 2],
+    a: &QuantizedBatch,
+    tok: usize,
+    u: usize,
+    ys: [&mut [f32; tl::ROWS]; 2],
+) -> (usize, usize) {
+    let [y0, y1] = ys;
+    if ls[0].dtype != DType::TL {
+        unit_rows(kern, ls[1], a, tok, u, y1);
+        return unit_rows(kern, ls[0], a, tok, u, y0);
+    }
+    let sums = kern.dot_tl_pair(ls[0].block(u), ls[1].block(u), a.lut(tok));
+    let n = (ls[0].rows - tl::ROWS * u).min(tl::ROWS);
+    ls[0].finish_into(&sums[0][..n], a.scales[tok], &mut y0[..n]);
+    ls[1].finish_into(&sums[1][..n], a.scales[tok], &mut y1[..n]);
+    (tl::ROWS * u, n)
+}
+
 /// A T2 or B1 `row` of `l` (stored, or re-laid out from TL) against token `tok`.
 #[inline]
 fn packed_dot(kern: Kernel, l: &Linear, row: &[u8], a: &QuantizedBatch, tok: usize) -> f32 {
