@@ -164,11 +164,11 @@ fn tl_blocks(c: &mut Criterion) {
     g.finish();
 }
 
-/// The TL block (alone, and in pairs of two streams as decode's gate and up) and T2 row kernels
-/// on one thread over 512 MiB of weights, far past every
-/// cache, as decode streams them: against `memory/read_one_thread` this says whether one
-/// core's decode is bound by the memory or by the kernel's handling of the stream (arbitrary
-/// bytes: the kernels' speed does not depend on the values).
+/// The TL block kernel (alone, and in pairs of two streams as decode's gate and up) and the T2
+/// row kernel on one thread over 512 MiB of weights, far past every cache, as decode streams
+/// them: against `memory/read_one_thread` this says whether one core's decode is bound by the
+/// memory or by the kernel's handling of the stream (arbitrary bytes: the kernels' speed does
+/// not depend on the values).
 fn stream(c: &mut Criterion) {
     use bitnet::kernels::tl;
     let k = 2560usize;

@@ -271,10 +271,13 @@ pub(super) fn unit_rows(
     ys: &mut [f32; tl::ROWS],
 ) -> (usize, usize) {
     if l.dtype == DType::TL {
-        let sums = kern.dot_tl(l.block(u), a.lut(tok));
-        let n = (l.rows - tl::ROWS * u).min(tl::ROWS);
-        l.finish_into(&sums[..n], a.scales[tok], &mut ys[..n]);
-        (tl::ROWS * u, n)
+        block_out(
+            l,
+            u,
+            &kern.dot_tl(l.block(u), a.lut(tok)),
+            a.scales[tok],
+            ys,
+        )
     } else {
         ys[0] = packed_dot(kern, l, l.row(u), a, tok);
         (u, 1)
@@ -294,13 +297,27 @@ pub(super) fn unit_rows_pair(
 ) -> (usize, usize) {
     let [y0, y1] = ys;
     if ls[0].dtype != DType::TL {
+        let first = unit_rows(kern, ls[0], a, tok, u, y0);
         unit_rows(kern, ls[1], a, tok, u, y1);
-        return unit_rows(kern, ls[0], a, tok, u, y0);
+        return first;
     }
-    let sums = kern.dot_tl_pair(ls[0].block(u), ls[1].block(u), a.lut(tok));
-    let n = (ls[0].rows - tl::ROWS * u).min(tl::ROWS);
-    ls[0].finish_into(&sums[0][..n], a.scales[tok], &mut y0[..n]);
-    ls[1].finish_into(&sums[1][..n], a.scales[tok], &mut y1[..n]);
+    let [s0, s1] = kern.dot_tl_pair(ls[0].block(u), ls[1].block(u), a.lut(tok));
+    block_out(ls[1], u, &s1, a.scales[tok], y1);
+    block_out(ls[0], u, &s0, a.scales[tok], y0)
+}
+
+/// TL block `u`'s row sums finished into the front of `ys`: its first row and how many rows
+/// it has (32, fewer in a projection's last block).
+#[inline]
+fn block_out(
+    l: &Linear,
+    u: usize,
+    sums: &[i32; tl::ROWS],
+    scale: f32,
+    ys: &mut [f32; tl::ROWS],
+) -> (usize, usize) {
+    let n = (l.rows - tl::ROWS * u).min(tl::ROWS);
+    l.finish_into(&sums[..n], scale, &mut ys[..n]);
     (tl::ROWS * u, n)
 }
 
@@ -515,16 +532,17 @@ pub fn lm_head_many(w: &Weights, hs: &[f32], kern: Kernel) -> Vec<Vec<f32>> {
     let outs: Vec<Shared> = (0..t).map(|_| Shared::new(rows)).collect();
     let h = |p: usize| &hs[p * k..(p + 1) * k];
     // a Q4 head multiplies each position's hidden state quantized per block, as in lm_head
-    let q8: Vec<Q8Blocks> = if head.dtype == DType::Q4 {
+    let q4 = head.dtype == DType::Q4;
+    let q8: Vec<Q8Blocks> = if q4 {
         hs.par_chunks_exact(k).map(Q8Blocks::new).collect()
     } else {
         Vec::new()
     };
     let many = |r: usize, p: usize| -> [f32; HEAD_POSITIONS] {
-        if q8.is_empty() {
-            head_row_many(w, kern, std::array::from_fn(|u| h(p + u)), r)
-        } else {
+        if q4 {
             kern.dot_q4_many(head.stored_row(r), std::array::from_fn(|u| &q8[p + u]))
+        } else {
+            head_row_many(w, kern, std::array::from_fn(|u| h(p + u)), r)
         }
     };
     let one = |r: usize, p: usize| head_row(w, kern, h(p), q8.get(p), r);

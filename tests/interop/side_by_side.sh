@@ -15,7 +15,10 @@ ours() { echo "ours $1 t$2 $(./target/release/bitnet-run "$DIR/$1.bnet" --bench 
 llama() { echo "llama $1 t$2 $("$PY" tests/interop/bench_llama_cpp.py "$DIR/b2b4t-silu.$1.gguf" --threads "$2" 2>/dev/null | tr -d '\n ')"; }
 # every file into the page cache first: a run that reads its file from disk during the prompt
 # measures the disk (the bf16-head file once prompted at 51 tokens/s cold, 115-134 warm)
-cat "$DIR"/b2b4t-silu*.bnet "$DIR"/b2b4t-silu.*.gguf > /dev/null
+cat "$DIR"/b2b4t-silu*.bnet "$DIR"/b2b4t-silu.*.gguf > /dev/null || {
+  echo "side_by_side.sh: a file is missing in $DIR; make them with the commands in README.md, 'Side by side with llama.cpp'" >&2
+  exit 1
+}
 for t in 1 2; do
   for _ in $(seq "$REPS"); do
     ours b2b4t-silu-q4-tl "$t"; llama tq2_0-q4e "$t"; ours b2b4t-silu-q4 "$t"; llama tq2_0-q "$t"; ours b2b4t-silu-i8 "$t"
