@@ -276,5 +276,44 @@ fn head_q4(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, memory, matvec, prompt, t2_rows, tl_blocks, stream, head_q4);
+/// Attention of one decode step of a 2B-4T-shaped model at position 192 (the middle of
+/// `bitnet-run --bench`'s decode): 30 layers of 5 kv heads, each shared by 4 query heads, the
+/// whole cache (29 MiB, as a decode step reads it) from memory; compare with
+/// `memory/read_one_thread`.
+fn attention(c: &mut Criterion) {
+    use bitnet::runner::ops::{attend_group, KvCache, KvHead};
+    let (layers, nkv, group, hd, n) = (30usize, 5usize, 4usize, 128usize, 192usize);
+    let value = |i: usize| ((i * 7919 % 1009) as f32 - 504.0) / 300.0;
+    let caches: Vec<(KvCache, KvCache)> = (0..layers)
+        .map(|l| {
+            let rows: Vec<f32> = (0..n * nkv * hd).map(|i| value(i + l)).collect();
+            let (mut k, mut v) = (KvCache::new(nkv, hd), KvCache::new(nkv, hd));
+            k.push(&rows);
+            v.push(&rows.iter().rev().copied().collect::<Vec<_>>());
+            (k, v)
+        })
+        .collect();
+    let qs: Vec<f32> = (0..group * hd).map(|i| value(3 * i) / 4.0).collect();
+    let mut out = vec![0f32; group * hd];
+    let mut g = c.benchmark_group("attention");
+    g.sample_size(20);
+    g.throughput(Throughput::Bytes((layers * nkv * 2 * n * hd * 4) as u64));
+    g.bench_function(
+        format!("decode_step_{layers}x{nkv}x{group}_hd{hd}_pos{n}"),
+        |b| {
+            b.iter(|| {
+                for (k, v) in &caches {
+                    for kv in 0..nkv {
+                        out.fill(0.0);
+                        attend_group(&qs, hd, KvHead::of(k, v, kv), n, 0.088, &mut out);
+                        black_box(&out);
+                    }
+                }
+            })
+        },
+    );
+    g.finish();
+}
+
+criterion_group!(benches, memory, matvec, prompt, t2_rows, tl_blocks, stream, head_q4, attention);
 criterion_main!(benches);

@@ -500,7 +500,8 @@ fn runaway_chat_template_is_stopped() {
 }
 
 /// `--bench --json` reports the bytes a decode step streams (every packed projection plus the
-/// head, counted here from the index independently) and a bandwidth measured on them;
+/// head, counted here from the index independently; the f32 KV cache, from the config) and a
+/// bandwidth measured on them;
 /// a benchmark that cannot run is an error, not a report of zeros.
 #[test]
 fn bench_reports_bytes_and_bandwidth() {
@@ -528,12 +529,21 @@ fn bench_reports_bytes_and_bandwidth() {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let r: Value = serde_json::from_slice(&o.stdout).unwrap();
         assert_eq!(r["weight_bytes_per_decode_token"], expect, "{extra:?}");
+        // decode steps at positions 5, 6, 7 read 6, 7, 8 positions of keys and values
+        let c = bitnet::runner::weights::Weights::load(&f).unwrap().cfg;
+        let per_pos = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * 4;
+        assert_eq!(
+            r["kv_cache_bytes_per_decode_token"],
+            7 * per_pos,
+            "{extra:?}"
+        );
         assert_eq!(r["prompt_tokens"], 5);
         assert_eq!(r["decode_tokens"], 3);
         assert_eq!(r["threads"], 1);
         for k in [
             "prompt_tokens_per_s",
             "decode_tokens_per_s",
+            "decode_gb_per_s",
             "read_bandwidth_gb_per_s",
             "decode_share_of_bandwidth",
         ] {

@@ -121,11 +121,12 @@ fn run(a: Args) -> Result<()> {
         } else {
             println!(
                 "kernel {}, {} threads: prompt {} tokens at {:.1} tokens/s, decode {} tokens at {:.1} tokens/s\n\
-                 decode reads {:.2} GB of weights per token: {:.2} GB/s, {:.0}% of the {:.2} GB/s this process can read them at",
+                 decode reads {:.3} GB of weights and {:.3} GB of KV cache per token: {:.2} GB/s, \
+                 {:.0}% of the {:.2} GB/s this process can read the weights at",
                 r.kernel, r.threads, r.prompt_tokens, r.prompt_tokens_per_s, r.decode_tokens,
                 r.decode_tokens_per_s, r.weight_bytes_per_decode_token as f64 / 1e9,
-                r.decode_weight_gb_per_s, 100.0 * r.decode_share_of_bandwidth,
-                r.read_bandwidth_gb_per_s
+                r.kv_cache_bytes_per_decode_token as f64 / 1e9, r.decode_gb_per_s,
+                100.0 * r.decode_share_of_bandwidth, r.read_bandwidth_gb_per_s
             );
         }
         return Ok(());

@@ -21,10 +21,15 @@ pub struct BenchReport {
     pub decode_tokens_per_s: f64,
     /// Packed projections plus the lm_head: what every decoded token streams from memory.
     pub weight_bytes_per_decode_token: u64,
+    /// The f32 keys and values attention reads, averaged over the decode steps (they grow by
+    /// one position a step).
+    pub kv_cache_bytes_per_decode_token: u64,
     pub decode_weight_gb_per_s: f64,
-    /// Best of three parallel reads of exactly those bytes.
+    /// Weights and KV cache: every byte a decode step must read.
+    pub decode_gb_per_s: f64,
+    /// Best of three parallel reads of the weight bytes.
     pub read_bandwidth_gb_per_s: f64,
-    /// `decode_weight_gb_per_s / read_bandwidth_gb_per_s`.
+    /// `decode_gb_per_s / read_bandwidth_gb_per_s`.
     pub decode_share_of_bandwidth: f64,
 }
 
@@ -82,13 +87,20 @@ pub fn run(w: &Weights, kern: Kernel, prompt: usize, decode: usize) -> Result<Be
     let pp = t0.elapsed().as_secs_f64();
     // after the prompt, so the weights are in the page cache either way
     let bw = read_bandwidth(&slices, 3);
+    // each step reads the cache as it was plus its own position
+    let kv_step = s.kv_bytes() / prompt as u64;
+    let kv: u64 = (0..decode as u64)
+        .map(|i| s.kv_bytes() + i * kv_step + kv_step)
+        .sum();
     let t1 = Instant::now();
     for _ in 0..decode {
         let next = super::compare::top_k(&last, 1)[0] as u32;
         last = s.forward(&[next], false)?.pop().expect("one position");
     }
     let tg = t1.elapsed().as_secs_f64();
+    debug_assert_eq!(s.kv_bytes(), (prompt + decode) as u64 * kv_step);
     let gbps = per_token as f64 * decode as f64 / tg / 1e9;
+    let all = (per_token * decode as u64 + kv) as f64 / tg / 1e9;
     Ok(BenchReport {
         kernel: kern.name(),
         threads: rayon::current_num_threads(),
@@ -97,8 +109,10 @@ pub fn run(w: &Weights, kern: Kernel, prompt: usize, decode: usize) -> Result<Be
         decode_tokens: decode,
         decode_tokens_per_s: decode as f64 / tg,
         weight_bytes_per_decode_token: per_token,
+        kv_cache_bytes_per_decode_token: kv / decode as u64,
         decode_weight_gb_per_s: gbps,
+        decode_gb_per_s: all,
         read_bandwidth_gb_per_s: bw,
-        decode_share_of_bandwidth: gbps / bw,
+        decode_share_of_bandwidth: all / bw,
     })
 }

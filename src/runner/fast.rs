@@ -396,6 +396,13 @@ impl<'w, 'a> Session<'w, 'a> {
         self.pos == 0
     }
 
+    /// Bytes of cached keys and values: what the next decode step's attention reads, less the
+    /// position it adds.
+    pub fn kv_bytes(&self) -> u64 {
+        let lock = |c: &RwLock<KvCache>| c.read().unwrap_or_else(|e| e.into_inner()).bytes();
+        self.k_cache.iter().chain(&self.v_cache).map(lock).sum()
+    }
+
     /// Appends `ids` and returns the logits of every new position (`all`) or of the last.
     pub fn forward(&mut self, ids: &[u32], all: bool) -> Result<Vec<Vec<f32>>> {
         super::check_ids(&self.w.cfg, ids)?;

@@ -189,6 +189,11 @@ impl KvCache {
         self.len += t;
     }
 
+    /// Bytes of the cached positions (not of the spare capacity).
+    pub fn bytes(&self) -> u64 {
+        (self.len * self.heads * self.hd * std::mem::size_of::<f32>()) as u64
+    }
+
     /// Kv head `h` at every cached position, `[position][head_dim]`.
     pub fn head(&self, h: usize) -> &[f32] {
         &self.data[h * self.cap * self.hd..][..self.len * self.hd]
@@ -261,17 +266,47 @@ unsafe fn attend_group_avx2(
     outs: &mut [f32],
 ) {
     use crate::kernels::x86::prefetch;
+    use std::arch::x86_64::*;
     let g = qs.len() / hd;
     let q = |h: usize| &qs[h * hd..][..hd];
     // scores `[head][position]`, each key loaded once for the group. dot4_avx2(key, [4 heads])
     // multiplies the same pairs in the same order as dot_avx2(head, key): products commute.
+    // Eight positions at a time, a group of four heads' sums are reduced across lanes together
+    // (`reduce8_avx2`, the same additions as `reduce_lanes`): one reduction per position and
+    // head through memory was the largest share of attention in perf.
     let mut p = vec![0f32; g * n];
-    for s in 0..n {
-        let key = &kv.k[s * kv.stride..][..hd];
+    let key = |s: usize| {
         prefetch(
             kv.k.as_ptr().wrapping_add((s + AHEAD) * kv.stride) as *const u8,
             4 * hd,
         );
+        &kv.k[s * kv.stride..][..hd]
+    };
+    let heads4 = if hd.is_multiple_of(8) { g / 4 * 4 } else { 0 };
+    let mut s0 = 0;
+    while s0 + 8 <= n && heads4 > 0 {
+        for h in (0..heads4).step_by(4) {
+            let mut lanes = [[_mm256_setzero_ps(); 8]; 4];
+            for j in 0..8 {
+                let d = dot4_lanes_avx2(key(s0 + j), [q(h), q(h + 1), q(h + 2), q(h + 3)]);
+                for (l, d) in lanes.iter_mut().zip(d) {
+                    l[j] = d;
+                }
+            }
+            for (u, l) in lanes.iter().enumerate() {
+                let d = _mm256_mul_ps(reduce8_avx2(l), _mm256_set1_ps(scale));
+                _mm256_storeu_ps(p[(h + u) * n + s0..][..8].as_mut_ptr(), d);
+            }
+        }
+        for s in s0..s0 + 8 {
+            for h in heads4..g {
+                p[h * n + s] = dot_avx2(q(h), key(s)) * scale;
+            }
+        }
+        s0 += 8;
+    }
+    for s in s0..n {
+        let key = key(s);
         let mut h = 0;
         while h + 4 <= g {
             let d = dot4_avx2(key, [q(h), q(h + 1), q(h + 2), q(h + 3)]);
@@ -289,7 +324,6 @@ unsafe fn attend_group_avx2(
     // its output stay in registers while the block's positions are added in order (the same
     // multiply-then-add per element, in the same position order, as `axpy_lanes`), so the
     // cache is read from memory once for the whole group
-    use std::arch::x86_64::*;
     assert!(n == 0 || kv.v.len() >= (n - 1) * kv.stride + hd);
     for s0 in (0..n).step_by(BLOCK) {
         let s1 = (s0 + BLOCK).min(n);
@@ -331,6 +365,48 @@ unsafe fn attend_group_avx2(
 #[cfg(target_arch = "x86_64")]
 const BLOCK: usize = 32;
 
+/// The eight lane sums of [`dot4_avx2`] before the reduction: whole groups of eight elements
+/// only (`a` is cut to a multiple of 8 and the `bs` to its length).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn dot4_lanes_avx2(a: &[f32], bs: [&[f32]; 4]) -> [std::arch::x86_64::__m256; 4] {
+    use std::arch::x86_64::*;
+    let full = a.len() / 8 * 8;
+    assert!(bs.iter().all(|b| b.len() >= full));
+    let mut v = [_mm256_setzero_ps(); 4];
+    for i in (0..full).step_by(8) {
+        let x = _mm256_loadu_ps(a.as_ptr().add(i));
+        for (v, b) in v.iter_mut().zip(&bs) {
+            *v = _mm256_add_ps(*v, _mm256_mul_ps(x, _mm256_loadu_ps(b.as_ptr().add(i))));
+        }
+    }
+    v
+}
+
+/// [`reduce_lanes`] of eight vectors at once, the results in order: the same additions
+/// (`(l0 + l4) + (l1 + l5)` and `(l2 + l6) + (l3 + l7)`, then their sum), made on lanes of
+/// different vectors side by side.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn reduce8_avx2(v: &[std::arch::x86_64::__m256; 8]) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    // [l0+l4 … l3+l7 of v[i] | the same of v[i + 4]]
+    let fold = |i: usize| {
+        _mm256_add_ps(
+            _mm256_permute2f128_ps::<0x20>(v[i], v[i + 4]),
+            _mm256_permute2f128_ps::<0x31>(v[i], v[i + 4]),
+        )
+    };
+    // hadd(a, b) = [a0+a1, a2+a3, b0+b1, b2+b3 | a4+a5, a6+a7, b4+b5, b6+b7]
+    let (ab, cd) = (
+        _mm256_hadd_ps(fold(0), fold(1)),
+        _mm256_hadd_ps(fold(2), fold(3)),
+    );
+    _mm256_hadd_ps(ab, cd)
+}
+
 /// `dot_avx2` of one vector with four others, interleaved (each result is computed exactly as
 /// `dot_avx2` computes it).
 #[cfg(target_arch = "x86_64")]
@@ -340,13 +416,7 @@ unsafe fn dot4_avx2(a: &[f32], bs: [&[f32]; 4]) -> [f32; 4] {
     use std::arch::x86_64::*;
     let n = bs.iter().fold(a.len(), |n, b| n.min(b.len()));
     let full = n / 8 * 8;
-    let mut v = [_mm256_setzero_ps(); 4];
-    for i in (0..full).step_by(8) {
-        let x = _mm256_loadu_ps(a.as_ptr().add(i));
-        for (v, b) in v.iter_mut().zip(&bs) {
-            *v = _mm256_add_ps(*v, _mm256_mul_ps(x, _mm256_loadu_ps(b.as_ptr().add(i))));
-        }
-    }
+    let v = dot4_lanes_avx2(&a[..full], bs);
     let mut out = [0f32; 4];
     for ((o, v), b) in out.iter_mut().zip(v).zip(&bs) {
         let mut acc = [0f32; 8];
