@@ -276,13 +276,14 @@ fn head_q4(c: &mut Criterion) {
     g.finish();
 }
 
-/// Attention of one decode step of a 2B-4T-shaped model at position 192 (the middle of
-/// `bitnet-run --bench`'s decode): 30 layers of 5 kv heads, each shared by 4 query heads, the
-/// whole cache (29 MiB, as a decode step reads it) from memory; compare with
-/// `memory/read_one_thread`.
+/// Attention of four decode steps of a 2B-4T-shaped model at position 192 (the middle of
+/// `bitnet-run --bench`'s decode): 4 × 30 layers of 5 kv heads, each shared by 4 query heads.
+/// Four steps' caches (118 MiB) so that they come from memory, as in decode, where the weight
+/// stream evicts the cache between steps (one step's 29 MiB would stay in a 32 MiB L3);
+/// compare with `memory/read_one_thread`.
 fn attention(c: &mut Criterion) {
     use bitnet::runner::ops::{attend_group, KvCache, KvHead};
-    let (layers, nkv, group, hd, n) = (30usize, 5usize, 4usize, 128usize, 192usize);
+    let (layers, nkv, group, hd, n) = (4 * 30usize, 5usize, 4usize, 128usize, 192usize);
     let value = |i: usize| ((i * 7919 % 1009) as f32 - 504.0) / 300.0;
     let caches: Vec<(KvCache, KvCache)> = (0..layers)
         .map(|l| {
