@@ -299,20 +299,24 @@ fn attention(c: &mut Criterion) {
     let mut g = c.benchmark_group("attention");
     g.sample_size(20);
     g.throughput(Throughput::Bytes((layers * nkv * 2 * n * hd * 4) as u64));
-    g.bench_function(
-        format!("decode_step_{layers}x{nkv}x{group}_hd{hd}_pos{n}"),
-        |b| {
+    for kern in Kernel::all_available() {
+        let name = format!(
+            "{}_4steps_{layers}x{nkv}x{group}_hd{hd}_pos{n}",
+            kern.name()
+        );
+        g.bench_function(name, |b| {
             b.iter(|| {
                 for (k, v) in &caches {
                     for kv in 0..nkv {
                         out.fill(0.0);
-                        attend_group(&qs, hd, KvHead::of(k, v, kv), n, 0.088, &mut out);
+                        let kv = KvHead::of(k, v, kv);
+                        attend_group(kern, &qs, hd, kv, n, 0.088, &mut out);
                         black_box(&out);
                     }
                 }
             })
-        },
-    );
+        });
+    }
     g.finish();
 }
 

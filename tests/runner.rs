@@ -436,12 +436,17 @@ proptest::proptest! {
     }
 
     /// Grouped-query attention reads each cached key and value once for the group; every head
-    /// still gets exactly the bits of attending alone (any group size, head size, length; half
-    /// the head sizes multiples of 8, which take the eight-positions-at-once score path).
+    /// still gets exactly the bits of attending alone, on every kernel path (any group size,
+    /// head size, length; many head sizes multiples of 8, which take the eight-positions-at-once
+    /// score path, or of 128 with groups of 4 or 8, which take the AVX-512 code).
     #[test]
     fn grouped_attention_is_per_head_attention(
-        g in 1usize..9,
-        hd in proptest::prop_oneof![1usize..200, proptest::strategy::Strategy::prop_map(1usize..25, |u| 8 * u)],
+        g in proptest::prop_oneof![1usize..9, proptest::strategy::Just(4), proptest::strategy::Just(8)],
+        hd in proptest::prop_oneof![
+            1usize..200,
+            proptest::strategy::Strategy::prop_map(1usize..25, |u| 8 * u),
+            proptest::strategy::Strategy::prop_map(1usize..3, |u| 128 * u),
+        ],
         n in 1usize..100,
         kv_heads in 1usize..3,
         seed in proptest::prelude::any::<u64>(),
@@ -455,13 +460,17 @@ proptest::proptest! {
         let qs: Vec<f32> = (0..g * hd).map(|_| next()).collect();
         let kv = KvHead { k: &k[(kv_heads - 1) * hd..], v: &v[(kv_heads - 1) * hd..], stride };
         let scale = (hd as f32).powf(-0.5);
-        let mut grouped = vec![0f32; g * hd];
-        attend_group(&qs, hd, kv, n, scale, &mut grouped);
-        for h in 0..g {
-            let mut alone = vec![0f32; hd];
-            attend(&qs[h * hd..][..hd], kv, n, scale, &mut alone);
-            let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-            proptest::prop_assert_eq!(bits(&grouped[h * hd..][..hd]), bits(&alone), "head {}", h);
+        for kern in Kernel::all_available() {
+            let mut grouped = vec![0f32; g * hd];
+            attend_group(kern, &qs, hd, kv, n, scale, &mut grouped);
+            for h in 0..g {
+                let mut alone = vec![0f32; hd];
+                attend(&qs[h * hd..][..hd], kv, n, scale, &mut alone);
+                let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                proptest::prop_assert_eq!(
+                    bits(&grouped[h * hd..][..hd]), bits(&alone), "{} head {}", kern.name(), h
+                );
+            }
         }
     }
 }

@@ -257,6 +257,19 @@ impl Kernel {
         }
     }
 
+    /// Whether this is a SIMD path (AVX2 at least): the float code without F16C/FMA needs
+    /// (attention) runs its AVX2 version.
+    #[inline]
+    pub fn simd(self) -> bool {
+        self.0 != Path::Scalar
+    }
+
+    /// Whether this is the AVX-512 path (AVX-512 F and AVX2 at least).
+    #[inline]
+    pub fn avx512(self) -> bool {
+        self.0 == Path::Avx512
+    }
+
     /// Whether the float-side SIMD code (the lm_head dots) may run: a SIMD path was selected
     /// (so AVX2 is there) and the CPU also has FMA and F16C.
     #[inline]

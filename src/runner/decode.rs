@@ -223,7 +223,15 @@ pub(super) fn step(s: &mut Session, id: u32) -> Vec<f32> {
                     let mut qs = qkv.range(heads.clone());
                     qs.chunks_exact_mut(hd).for_each(|h| rope.apply(h));
                     let mut out = vec![0f32; qs.len()];
-                    attend_group(&qs, hd, KvHead::of(&kc, &vc, kv), pos + 1, scale, &mut out);
+                    attend_group(
+                        st.kern,
+                        &qs,
+                        hd,
+                        KvHead::of(&kc, &vc, kv),
+                        pos + 1,
+                        scale,
+                        &mut out,
+                    );
                     heads.zip(out).for_each(|(i, v)| attn.set(i, v));
                 }
             }

@@ -478,7 +478,15 @@ impl<'w, 'a> Session<'w, 'a> {
                 .for_each(|(i, out)| {
                     let (tok, kv) = (i / nkv, i % nkv);
                     let qs = &q[tok * nh * hd + kv * group * hd..][..group * hd];
-                    attend_group(qs, hd, KvHead::of(kc, vc, kv), pos0 + tok + 1, scale, out);
+                    attend_group(
+                        self.kern,
+                        qs,
+                        hd,
+                        KvHead::of(kc, vc, kv),
+                        pos0 + tok + 1,
+                        scale,
+                        out,
+                    );
                 });
             if let Some(g) = &layer.attn_sub_norm {
                 attn = norm_rows(&attn, g, nh * hd);

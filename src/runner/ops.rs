@@ -2,7 +2,9 @@
 //! Both the reference and the fast runner use these; they differ in how they compute the
 //! integer dot products, in caching and in parallelism.
 
+use crate::kernels::Kernel;
 use crate::model::Activation;
+use std::ops::Range;
 
 /// RMSNorm: `x · 1/sqrt(mean(x²) + eps)`, then times the weight.
 pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
@@ -51,17 +53,45 @@ impl RopeAt {
     }
 }
 
-/// In-place softmax in f32.
+/// In-place softmax in f32. The exponentials are taken in a loop of their own and summed in
+/// eight lanes (the order of [`dot`]): one running sum carried through each `expf` call made
+/// the loop a chain of call latencies, a third of attention's time in perf. The maximum is
+/// also taken in lanes; a maximum does not depend on the order (NaN is skipped either way).
 pub fn softmax(x: &mut [f32]) {
-    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    let mut sum = 0.0;
+    let mut max = [f32::NEG_INFINITY; 8];
+    let chunks = x.chunks_exact(8);
+    for (m, &v) in max.iter_mut().zip(chunks.remainder()) {
+        *m = m.max(v);
+    }
+    for c in chunks {
+        for (m, &v) in max.iter_mut().zip(c) {
+            *m = m.max(v);
+        }
+    }
+    let max = max.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
     for v in x.iter_mut() {
         *v = (*v - max).exp();
-        sum += *v;
     }
+    let sum = sum_lanes(x);
     for v in x.iter_mut() {
         *v /= sum;
     }
+}
+
+/// Σ x in the eight-lane order of [`dot`].
+fn sum_lanes(x: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let chunks = x.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += v;
+        }
+    }
+    for (a, &v) in acc.iter_mut().zip(rest) {
+        *a += v;
+    }
+    reduce_lanes(acc)
 }
 
 /// `act(gate) · up`.
@@ -146,6 +176,15 @@ fn axpy_lanes(a: f32, x: &[f32], y: &mut [f32]) {
     }
 }
 
+/// 64 bytes of the cache, aligned to a cache line: every head starts on one (its offset is a
+/// multiple of 64 positions' rows), so the 512-bit loads of the AVX-512 value pass never
+/// straddle two lines (criterion `attention` from memory: 4.9–5.0 ms aligned, 5.3 not).
+#[derive(Clone, Copy, Default)]
+#[repr(C, align(64))]
+struct Line([f32; 16]);
+
+const _: () = assert!(std::mem::size_of::<Line>() == 64);
+
 /// One layer's cached keys (or values), stored `[kv_head][position][head_dim]`: each kv head's
 /// cache is one contiguous run that attention streams front to back. With every kv head of a
 /// position stored together instead, a head's rows were 2.5 KiB apart (2B-4T) and attention
@@ -153,7 +192,7 @@ fn axpy_lanes(a: f32, x: &[f32], y: &mut [f32]) {
 /// power of two (so a prompt is followed by room for decoding, not by a copy at the first step).
 #[derive(Default)]
 pub struct KvCache {
-    data: Vec<f32>,
+    data: Vec<Line>,
     heads: usize,
     hd: usize,
     cap: usize,
@@ -175,18 +214,36 @@ impl KvCache {
         let t = rows.len().checked_div(width).unwrap_or(0);
         if self.len + t > self.cap {
             let cap = (self.len + t).next_power_of_two().max(64);
-            let mut data = vec![0f32; self.heads * cap * hd];
+            let mut grown = KvCache {
+                data: vec![Line::default(); (self.heads * cap * hd).div_ceil(16)],
+                cap,
+                ..*self
+            };
             for h in 0..self.heads {
-                data[h * cap * hd..][..self.len * hd].copy_from_slice(self.head(h));
+                grown.floats_mut()[h * cap * hd..][..self.len * hd].copy_from_slice(self.head(h));
             }
-            (self.data, self.cap) = (data, cap);
+            *self = grown;
         }
+        let (cap, len) = (self.cap, self.len);
+        let data = self.floats_mut();
         for (i, row) in rows.chunks_exact(width).enumerate() {
             for (h, x) in row.chunks_exact(hd).enumerate() {
-                self.data[(h * self.cap + self.len + i) * hd..][..hd].copy_from_slice(x);
+                data[(h * cap + len + i) * hd..][..hd].copy_from_slice(x);
             }
         }
         self.len += t;
+    }
+
+    fn floats(&self) -> &[f32] {
+        // SAFETY: a Line is 16 f32 with no padding (repr(C), size 64 = 16 · 4)
+        unsafe { std::slice::from_raw_parts(self.data.as_ptr().cast(), self.data.len() * 16) }
+    }
+
+    fn floats_mut(&mut self) -> &mut [f32] {
+        // SAFETY: as in `floats`
+        unsafe {
+            std::slice::from_raw_parts_mut(self.data.as_mut_ptr().cast(), self.data.len() * 16)
+        }
     }
 
     /// Bytes of the cached positions (not of the spare capacity).
@@ -196,7 +253,7 @@ impl KvCache {
 
     /// Kv head `h` at every cached position, `[position][head_dim]`.
     pub fn head(&self, h: usize) -> &[f32] {
-        &self.data[h * self.cap * self.hd..][..self.len * self.hd]
+        &self.floats()[h * self.cap * self.hd..][..self.len * self.hd]
     }
 }
 
@@ -239,10 +296,23 @@ pub fn attend(qh: &[f32], kv: KvHead, n: usize, scale: f32, out: &mut [f32]) {
 /// for bit); the AVX2 build reads each cached key and value once for the whole group instead
 /// of once per head (2B-4T: 4 heads per kv head), which made attention a tenth of a decode
 /// step at a few hundred positions when each head streamed the cache itself.
-pub fn attend_group(qs: &[f32], hd: usize, kv: KvHead, n: usize, scale: f32, outs: &mut [f32]) {
+pub fn attend_group(
+    kern: Kernel,
+    qs: &[f32],
+    hd: usize,
+    kv: KvHead,
+    n: usize,
+    scale: f32,
+    outs: &mut [f32],
+) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: AVX2 was just detected.
+    if kern.avx512() && hd.is_multiple_of(128) {
+        // SAFETY: the avx512 path exists only on CPUs with AVX-512 F and AVX2.
+        return unsafe { attend_group_avx512(qs, hd, kv, n, scale, outs) };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if kern.simd() {
+        // SAFETY: the SIMD paths exist only on CPUs with AVX2.
         return unsafe { attend_group_avx2(qs, hd, kv, n, scale, outs) };
     }
     for (q, out) in qs.chunks_exact(hd).zip(outs.chunks_exact_mut(hd)) {
@@ -265,18 +335,35 @@ unsafe fn attend_group_avx2(
     scale: f32,
     outs: &mut [f32],
 ) {
+    let mut p = vec![0f32; qs.len() / hd * n];
+    scores_avx2(qs, hd, kv, 0..n, scale, &mut p);
+    p.chunks_exact_mut(n.max(1)).for_each(softmax);
+    values_avx2(&p, hd, kv, n, outs);
+}
+
+/// The scaled scores `[head][position]` of positions `range` (of `0..n`, `p` holding `n` per
+/// head), each key loaded once for the group (and its value row prefetched, so the value pass
+/// reads from L2: 7% faster from memory, criterion `attention`). dot4_avx2(key, [4 heads])
+/// multiplies the same pairs in the same order as dot_avx2(head, key): products commute.
+/// Eight positions at a time, a group of four heads' sums are reduced across lanes together
+/// (`reduce8_avx2`, the same additions as `reduce_lanes`): one reduction per position and head
+/// through memory was the largest share of attention in perf.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn scores_avx2(
+    qs: &[f32],
+    hd: usize,
+    kv: KvHead,
+    range: Range<usize>,
+    scale: f32,
+    p: &mut [f32],
+) {
     use crate::kernels::x86::prefetch;
     use std::arch::x86_64::*;
     let g = qs.len() / hd;
+    let n = p.len() / g;
     let q = |h: usize| &qs[h * hd..][..hd];
-    // scores `[head][position]`, each key loaded once for the group (and its value row
-    // prefetched, so the value pass below reads from L2: 7% faster from memory, criterion
-    // `attention`). dot4_avx2(key, [4 heads])
-    // multiplies the same pairs in the same order as dot_avx2(head, key): products commute.
-    // Eight positions at a time, a group of four heads' sums are reduced across lanes together
-    // (`reduce8_avx2`, the same additions as `reduce_lanes`): one reduction per position and
-    // head through memory was the largest share of attention in perf.
-    let mut p = vec![0f32; g * n];
     let key = |s: usize| {
         prefetch(
             kv.k.as_ptr().wrapping_add((s + AHEAD) * kv.stride) as *const u8,
@@ -289,8 +376,8 @@ unsafe fn attend_group_avx2(
         &kv.k[s * kv.stride..][..hd]
     };
     let heads4 = if hd.is_multiple_of(8) { g / 4 * 4 } else { 0 };
-    let mut s0 = 0;
-    while s0 + 8 <= n && heads4 > 0 {
+    let mut s0 = range.start;
+    while s0 + 8 <= range.end && heads4 > 0 {
         for h in (0..heads4).step_by(4) {
             let mut lanes = [[_mm256_setzero_ps(); 8]; 4];
             for j in 0..8 {
@@ -311,7 +398,7 @@ unsafe fn attend_group_avx2(
         }
         s0 += 8;
     }
-    for s in s0..n {
+    for s in s0..range.end {
         let key = key(s);
         let mut h = 0;
         while h + 4 <= g {
@@ -325,11 +412,18 @@ unsafe fn attend_group_avx2(
             p[h * n + s] = dot_avx2(q(h), key) * scale;
         }
     }
-    p.chunks_exact_mut(n.max(1)).for_each(softmax);
-    // values, in blocks of BLOCK positions whose rows stay in L1: for each head, 64 floats of
-    // its output stay in registers while the block's positions are added in order (the same
-    // multiply-then-add per element, in the same position order, as `axpy_lanes`), so the
-    // cache is read from memory once for the whole group
+}
+
+/// The weighted sum of the values, added to `outs`, in blocks of BLOCK positions whose rows
+/// stay in L1: for each head, 64 floats of its output stay in registers while the block's
+/// positions are added in order (the same multiply-then-add per element, in the same position
+/// order, as `axpy_lanes`), so the cache is read from memory once for the whole group.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn values_avx2(p: &[f32], hd: usize, kv: KvHead, n: usize, outs: &mut [f32]) {
+    use crate::kernels::x86::prefetch;
+    use std::arch::x86_64::*;
     assert!(n == 0 || kv.v.len() >= (n - 1) * kv.stride + hd);
     for s0 in (0..n).step_by(BLOCK) {
         let s1 = (s0 + BLOCK).min(n);
@@ -361,6 +455,52 @@ unsafe fn attend_group_avx2(
             if c < hd {
                 for (s, &w) in (s0..).zip(ph) {
                     axpy_lanes(w, &kv.v[s * kv.stride + c..][..hd - c], &mut out[c..]);
+                }
+            }
+        }
+    }
+}
+
+/// [`attend_group_avx2`] with the value pass in 512-bit registers, for head sizes that are
+/// multiples of 128: 128 floats of a head's output in eight registers, the same operations on
+/// every element in the same order, so the same bits. Criterion `attention` from memory:
+/// 4.9–5.0 ms against 5.9. (Scores in 512-bit registers, two positions per register, were
+/// no faster from memory with any prefetch pattern tried, and 2.7x slower with `array::from_fn`
+/// left out of line.)
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,avx512f")]
+unsafe fn attend_group_avx512(
+    qs: &[f32],
+    hd: usize,
+    kv: KvHead,
+    n: usize,
+    scale: f32,
+    outs: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    assert!(hd.is_multiple_of(128) && outs.len() == qs.len());
+    assert!(n == 0 || kv.v.len() >= (n - 1) * kv.stride + hd);
+    let mut p = vec![0f32; qs.len() / hd * n];
+    scores_avx2(qs, hd, kv, 0..n, scale, &mut p);
+    p.chunks_exact_mut(n.max(1)).for_each(softmax);
+    for s0 in (0..n).step_by(BLOCK) {
+        let s1 = (s0 + BLOCK).min(n);
+        for (h, out) in outs.chunks_exact_mut(hd).enumerate() {
+            let ph = &p[h * n..][s0..s1];
+            for c in (0..hd).step_by(128) {
+                let o = out.as_mut_ptr().add(c);
+                let mut acc = [_mm512_setzero_ps(); 8];
+                for (j, a) in acc.iter_mut().enumerate() {
+                    *a = _mm512_loadu_ps(o.add(16 * j));
+                }
+                for (s, &w) in (s0..).zip(ph) {
+                    let (w, r) = (_mm512_set1_ps(w), kv.v.as_ptr().add(s * kv.stride + c));
+                    for (j, a) in acc.iter_mut().enumerate() {
+                        *a = _mm512_add_ps(*a, _mm512_mul_ps(w, _mm512_loadu_ps(r.add(16 * j))));
+                    }
+                }
+                for (j, a) in acc.iter().enumerate() {
+                    _mm512_storeu_ps(o.add(16 * j), *a);
                 }
             }
         }
