@@ -435,6 +435,29 @@ proptest::proptest! {
         }
     }
 
+    /// `top_k` (with its one-pass greedy case) is the first `k` of a full sort by value, largest
+    /// first, ties to the lower index, NaN and infinities ordered by `total_cmp`.
+    #[test]
+    fn top_k_is_the_head_of_a_full_sort(
+        x in proptest::collection::vec(
+            proptest::prop_oneof![
+                proptest::strategy::Strategy::prop_map(0u8..6, |v| v as f32),
+                proptest::strategy::Just(f32::NAN),
+                proptest::strategy::Just(f32::INFINITY),
+                proptest::strategy::Just(f32::NEG_INFINITY),
+                proptest::strategy::Just(-0.0f32),
+                -1e3f32..1e3,
+            ],
+            0..60,
+        ),
+        k in 0usize..8,
+    ) {
+        let mut want: Vec<usize> = (0..x.len()).collect();
+        want.sort_by(|&i, &j| x[j].total_cmp(&x[i]).then(i.cmp(&j)));
+        want.truncate(k);
+        proptest::prop_assert_eq!(bitnet::runner::compare::top_k(&x, k), want);
+    }
+
     /// Grouped-query attention reads each cached key and value once for the group; every head
     /// still gets exactly the bits of attending alone, on every kernel path (any group size,
     /// head size, length; many head sizes multiples of 8, which take the eight-positions-at-once

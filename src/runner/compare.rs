@@ -40,6 +40,12 @@ fn probs(x: &[f32]) -> Vec<f64> {
 /// Ties go to the lower index. Selection first, so only the `k` winners are sorted.
 pub fn top_k(x: &[f32], k: usize) -> Vec<usize> {
     let order = |&i: &usize, &j: &usize| x[j].total_cmp(&x[i]).then(i.cmp(&j));
+    if k == 1 {
+        // greedy decoding: one pass, instead of indexing and partitioning a 128K vocabulary
+        // (0.15 ms a token, half a percent of a 2B decode step)
+        let best = (0..x.len()).reduce(|b, i| if order(&i, &b).is_lt() { i } else { b });
+        return best.into_iter().collect();
+    }
     let mut idx: Vec<usize> = (0..x.len()).collect();
     let k = k.min(idx.len());
     if k == 0 {
