@@ -4,6 +4,7 @@
 use bitnet::kernels::{quantize_act, scalar, Kernel};
 use bitnet::quant::{pack_b1_row, pack_t2_row, unpack_b1_row, unpack_t2_row};
 use proptest::prelude::*;
+use proptest::test_runner::TestCaseError;
 
 fn acts() -> impl Strategy<Value = (usize, Vec<i8>)> {
     (1usize..12).prop_flat_map(|blocks| {
@@ -91,16 +92,50 @@ proptest! {
 
     #[test]
     fn activation_quantization_matches_the_formula(x in proptest::collection::vec(-50.0f32..50.0, 1..300)) {
-        let mut q = vec![0i8; x.len().div_ceil(256) * 256];
-        let (s, sum) = quantize_act(&x, &mut q);
-        let max = x.iter().fold(0f32, |m, v| m.max(v.abs()));
-        prop_assert_eq!(s, 127.0 / max.max(1e-5));
-        for (i, &v) in x.iter().enumerate() {
-            prop_assert_eq!(q[i], (v * s).round_ties_even().clamp(-128.0, 127.0) as i8);
-        }
-        prop_assert!(q[x.len()..].iter().all(|&v| v == 0));
-        prop_assert_eq!(sum, q.iter().map(|&v| v as i32).sum::<i32>());
+        quantization_is_the_formula(&x)?;
     }
+
+    /// The same with exact ties (halves, with 127 in the vector so the scale is 1), values past
+    /// the int8 range, NaN, infinities and signed zeros.
+    #[test]
+    fn activation_quantization_of_ties_and_specials(
+        mut x in proptest::collection::vec(
+            proptest::prop_oneof![
+                4 => (-400i32..400).prop_map(|h| h as f32 / 2.0),
+                1 => proptest::sample::select(vec![f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.0, -0.0]),
+                1 => -1e6f32..1e6,
+            ],
+            0..200,
+        ),
+        at in proptest::option::of(0usize..200),
+    ) {
+        if let Some(i) = at {
+            x.insert(i.min(x.len()), 127.0);
+        }
+        quantization_is_the_formula(&x)?;
+    }
+}
+
+/// `quantize_act` (the path this CPU runs) against its definition: `s = 127 / max(max|x|,
+/// 1e-5)` (NaN skipped), `q = clamp(round_half_even(x·s), −128, 127)` (NaN to 0), zero padding,
+/// and the sum of `q`.
+fn quantization_is_the_formula(x: &[f32]) -> Result<(), TestCaseError> {
+    let mut q = vec![0i8; x.len().div_ceil(256).max(1) * 256];
+    let (s, sum) = quantize_act(x, &mut q);
+    let max = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    prop_assert_eq!(s, 127.0 / max.max(1e-5));
+    for (i, &v) in x.iter().enumerate() {
+        prop_assert_eq!(
+            q[i],
+            (v * s).round_ties_even().clamp(-128.0, 127.0) as i8,
+            "x[{}] = {}",
+            i,
+            v
+        );
+    }
+    prop_assert!(q[x.len()..].iter().all(|&v| v == 0));
+    prop_assert_eq!(sum, q.iter().map(|&v| v as i32).sum::<i32>());
+    Ok(())
 }
 
 proptest! {
