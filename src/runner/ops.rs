@@ -53,7 +53,7 @@ impl RopeAt {
     }
 }
 
-/// In-place softmax in f32. The exponentials ([`exp_nonpositive`], eight at a time) are taken
+/// In-place softmax in f32. The exponentials ([`exp`], eight at a time) are taken
 /// in a loop of their own and summed in eight lanes (the order of [`dot`]): one running sum
 /// carried through each libm `expf` call made the loop a chain of call latencies, a third of
 /// attention's time in perf, and `expf` itself was 3% of a decode step. The maximum is also
@@ -77,21 +77,21 @@ pub fn softmax(x: &mut [f32]) {
     }
 }
 
-/// `e^x` for the arguments softmax takes, `x ≤ 0` (a value minus the maximum), to within
-/// about one ulp (tests/runner.rs measures it against f64), in plain f32 operations that the
-/// AVX2 version repeats lane by lane, so every path and the reference get the same bits:
-/// `x = n·ln 2 + r` with `n` rounded to nearest even and `|r| ≤ ln 2 / 2` (Cody–Waite, ln 2 in
-/// two parts), `e^r` by the Cephes degree-7 polynomial, times `2^n` built in the exponent
-/// bits. Below −87 (`e^x` < 1.7e-38, a weight no sum can notice) the result is 0; NaN stays
-/// NaN. Positive `x` is outside the domain (clamped to 0).
-pub fn exp_nonpositive(x: f32) -> f32 {
+/// `e^x` in f32 to within one ulp (tests/runner.rs measures it against f64), in plain f32
+/// operations that the AVX2 version repeats lane by lane, so every path and the reference get
+/// the same bits (softmax and SiLU call it; libm `expf` was 3–5% of a decode step):
+/// `x = n·ln 2 + r` with `n` rounded to nearest even and `|r| ≤ ln 2 / 2` (Cody–Waite, ln 2 in two parts),
+/// `e^r` by the Cephes degree-7 polynomial, times `2^n` built in the exponent bits (in two
+/// factors, so `n = 128` overflows to infinity as it should). Below −87 (`e^x` < 1.7e-38, a
+/// weight no sum can notice) the result is 0; NaN stays NaN.
+pub fn exp(x: f32) -> f32 {
     if x.is_nan() {
         return x;
     }
     if x < EXP_MIN {
         return 0.0;
     }
-    let x = x.min(0.0);
+    let x = x.min(EXP_MAX);
     let n = crate::quant::round_half_even_small(x * EXP_C[0]);
     let r = (x - n * EXP_C[1]) - n * EXP_C[2];
     let mut p = EXP_C[3];
@@ -99,11 +99,16 @@ pub fn exp_nonpositive(x: f32) -> f32 {
         p = p * r + c;
     }
     let y = (p * (r * r) + r) + 1.0;
-    y * f32::from_bits((((n as i32) + 127) as u32) << 23)
+    let pow2 = |e: i32| f32::from_bits(((e + 127) as u32) << 23);
+    let (n, n1) = (n as i32, (n as i32).min(127));
+    (y * pow2(n1)) * pow2(n - n1)
 }
 
-/// The smallest argument [`exp_nonpositive`] does not round to 0.
+/// The smallest argument [`exp`] does not round to 0.
 const EXP_MIN: f32 = -87.0;
+/// Arguments above this are taken as it: `e^89` overflows to infinity, as every argument from
+/// 88.73 on does.
+const EXP_MAX: f32 = 89.0;
 
 /// log2 e; ln 2 as a 9-bit high part (so `n · ln2_hi` is exact) and the rest; then the
 /// polynomial's coefficients, highest power first (Cephes `expf`).
@@ -119,39 +124,41 @@ const EXP_C: [f32; 9] = [
     0.5,
 ];
 
-/// `x[i] = exp_nonpositive(x[i] - max)` for every element, eight at a time where AVX2 runs.
-pub fn exp_shifted(x: &mut [f32], max: f32) {
+/// `x[i] = exp(x[i] - shift)` for every element, eight at a time where AVX2 runs.
+pub fn exp_shifted(x: &mut [f32], shift: f32) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: AVX2 was just detected.
-        return unsafe { exp_shifted_avx2(x, max) };
+        return unsafe { exp_shifted_avx2(x, shift) };
     }
     for v in x.iter_mut() {
-        *v = exp_nonpositive(*v - max);
+        *v = exp(*v - shift);
     }
 }
 
-/// [`exp_nonpositive`] in eight lanes: the same operations in the same order on each lane
+/// [`exp`] in eight lanes: the same operations in the same order on each lane
 /// (`vroundps` to nearest even is the scalar's rounding), lanes below the minimum set to 0 and
 /// NaN lanes kept, as the scalar's early returns do.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn exp_shifted_avx2(x: &mut [f32], max: f32) {
+unsafe fn exp_shifted_avx2(x: &mut [f32], shift: f32) {
     use std::arch::x86_64::*;
     let c = EXP_C.map(|c| _mm256_set1_ps(c));
-    let (maxv, lo, zero, one) = (
-        _mm256_set1_ps(max),
+    let (shiftv, lo, hi, zero, one) = (
+        _mm256_set1_ps(shift),
         _mm256_set1_ps(EXP_MIN),
+        _mm256_set1_ps(EXP_MAX),
         _mm256_setzero_ps(),
         _mm256_set1_ps(1.0),
     );
+    let (bias, top) = (_mm256_set1_epi32(127), _mm256_set1_epi32(127));
     let chunks = x.len() / 8;
     for i in 0..chunks {
         let p = x.as_mut_ptr().add(8 * i);
-        let v = _mm256_sub_ps(_mm256_loadu_ps(p), maxv);
+        let v = _mm256_sub_ps(_mm256_loadu_ps(p), shiftv);
         let nan = _mm256_cmp_ps::<_CMP_UNORD_Q>(v, v);
         let small = _mm256_cmp_ps::<_CMP_LT_OQ>(v, lo);
-        let xv = _mm256_min_ps(v, zero);
+        let xv = _mm256_min_ps(v, hi);
         let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
             _mm256_mul_ps(xv, c[0]),
         );
@@ -164,16 +171,19 @@ unsafe fn exp_shifted_avx2(x: &mut [f32], max: f32) {
             q = _mm256_add_ps(_mm256_mul_ps(q, r), *ck);
         }
         let y = _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(q, _mm256_mul_ps(r, r)), r), one);
-        let e = _mm256_slli_epi32::<23>(_mm256_add_epi32(
-            _mm256_cvtps_epi32(n),
-            _mm256_set1_epi32(127),
-        ));
-        let out = _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+        let n = _mm256_cvtps_epi32(n);
+        let n1 = _mm256_min_epi32(n, top);
+        let pow2_n1 = _mm256_slli_epi32::<23>(_mm256_add_epi32(n1, bias));
+        let pow2_rest = _mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_sub_epi32(n, n1), bias));
+        let out = _mm256_mul_ps(
+            _mm256_mul_ps(y, _mm256_castsi256_ps(pow2_n1)),
+            _mm256_castsi256_ps(pow2_rest),
+        );
         let out = _mm256_blendv_ps(out, zero, small);
         _mm256_storeu_ps(p, _mm256_blendv_ps(out, v, nan));
     }
     for v in &mut x[8 * chunks..] {
-        *v = exp_nonpositive(*v - max);
+        *v = exp(*v - shift);
     }
 }
 
@@ -196,15 +206,23 @@ fn sum_lanes(x: &[f32]) -> f32 {
 /// `act(gate) · up`.
 #[inline]
 pub fn gated(act: Activation, gate: &[f32], up: &[f32], out: &mut [f32]) {
-    for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
-        let a = match act {
-            Activation::Relu2 => {
+    match act {
+        Activation::Relu2 => {
+            for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
                 let r = g.max(0.0);
-                r * r
+                *o = (r * r) * u;
             }
-            Activation::Silu => g / (1.0 + (-g).exp()),
-        };
-        *o = a * u;
+        }
+        Activation::Silu => {
+            // e^−g for the whole vector first, eight at a time
+            for (o, &g) in out.iter_mut().zip(gate) {
+                *o = -g;
+            }
+            exp_shifted(out, 0.0);
+            for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+                *o = (g / (1.0 + *o)) * u;
+            }
+        }
     }
 }
 
