@@ -4,7 +4,6 @@
 
 use crate::kernels::Kernel;
 use crate::model::Activation;
-use std::ops::Range;
 
 /// RMSNorm: `x · 1/sqrt(mean(x²) + eps)`, then times the weight.
 pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
@@ -423,14 +422,18 @@ pub fn attend_group(
     outs: &mut [f32],
 ) {
     #[cfg(target_arch = "x86_64")]
-    if kern.avx512() && hd.is_multiple_of(128) {
-        // SAFETY: the avx512 path exists only on CPUs with AVX-512 F and AVX2.
-        return unsafe { attend_group_avx512(qs, hd, kv, n, scale, outs) };
-    }
-    #[cfg(target_arch = "x86_64")]
     if kern.simd() {
-        // SAFETY: the SIMD paths exist only on CPUs with AVX2.
-        return unsafe { attend_group_avx2(qs, hd, kv, n, scale, outs) };
+        let mut p = vec![0f32; qs.len() / hd * n];
+        // SAFETY (all three): the SIMD paths exist only on CPUs with AVX2, the avx512 path
+        // only on CPUs with AVX-512 F as well.
+        unsafe { scores_avx2(qs, hd, kv, scale, &mut p) };
+        p.chunks_exact_mut(n.max(1)).for_each(softmax);
+        if kern.avx512() && hd.is_multiple_of(128) {
+            unsafe { values_avx512(&p, hd, kv, n, outs) };
+        } else {
+            unsafe { values_avx2(&p, hd, kv, n, outs) };
+        }
+        return;
     }
     for (q, out) in qs.chunks_exact(hd).zip(outs.chunks_exact_mut(hd)) {
         attend(q, kv, n, scale, out);
@@ -442,24 +445,8 @@ pub fn attend_group(
 #[cfg(target_arch = "x86_64")]
 const AHEAD: usize = 4;
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn attend_group_avx2(
-    qs: &[f32],
-    hd: usize,
-    kv: KvHead,
-    n: usize,
-    scale: f32,
-    outs: &mut [f32],
-) {
-    let mut p = vec![0f32; qs.len() / hd * n];
-    scores_avx2(qs, hd, kv, 0..n, scale, &mut p);
-    p.chunks_exact_mut(n.max(1)).for_each(softmax);
-    values_avx2(&p, hd, kv, n, outs);
-}
-
-/// The scaled scores `[head][position]` of positions `range` (of `0..n`, `p` holding `n` per
-/// head), each key loaded once for the group (and its value row prefetched, so the value pass
+/// The scaled scores `[head][position]` into `p` (`n` positions per head), each key loaded
+/// once for the group (and its value row prefetched, so the value pass
 /// reads from L2: 7% faster from memory, criterion `attention`). dot4_avx2(key, [4 heads])
 /// multiplies the same pairs in the same order as dot_avx2(head, key): products commute.
 /// Eight positions at a time, a group of four heads' sums are reduced across lanes together
@@ -468,14 +455,7 @@ unsafe fn attend_group_avx2(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 #[inline]
-unsafe fn scores_avx2(
-    qs: &[f32],
-    hd: usize,
-    kv: KvHead,
-    range: Range<usize>,
-    scale: f32,
-    p: &mut [f32],
-) {
+unsafe fn scores_avx2(qs: &[f32], hd: usize, kv: KvHead, scale: f32, p: &mut [f32]) {
     use crate::kernels::x86::prefetch;
     use std::arch::x86_64::*;
     let g = qs.len() / hd;
@@ -493,8 +473,8 @@ unsafe fn scores_avx2(
         &kv.k[s * kv.stride..][..hd]
     };
     let heads4 = if hd.is_multiple_of(8) { g / 4 * 4 } else { 0 };
-    let mut s0 = range.start;
-    while s0 + 8 <= range.end && heads4 > 0 {
+    let mut s0 = 0;
+    while s0 + 8 <= n && heads4 > 0 {
         for h in (0..heads4).step_by(4) {
             let mut lanes = [[_mm256_setzero_ps(); 8]; 4];
             for j in 0..8 {
@@ -515,7 +495,7 @@ unsafe fn scores_avx2(
         }
         s0 += 8;
     }
-    for s in s0..range.end {
+    for s in s0..n {
         let key = key(s);
         let mut h = 0;
         while h + 4 <= g {
@@ -578,28 +558,17 @@ unsafe fn values_avx2(p: &[f32], hd: usize, kv: KvHead, n: usize, outs: &mut [f3
     }
 }
 
-/// [`attend_group_avx2`] with the value pass in 512-bit registers, for head sizes that are
-/// multiples of 128: 128 floats of a head's output in eight registers, the same operations on
-/// every element in the same order, so the same bits. Criterion `attention` from memory:
-/// 4.9–5.0 ms against 5.9. (Scores in 512-bit registers, two positions per register, were
-/// no faster from memory with any prefetch pattern tried, and 2.7x slower with `array::from_fn`
-/// left out of line.)
+/// [`values_avx2`] in 512-bit registers, for head sizes that are multiples of 128: 128 floats
+/// of a head's output in eight registers, the same operations on every element in the same
+/// order, so the same bits. Criterion `attention` from memory: 4.9–5.0 ms against 5.9. (Scores
+/// in 512-bit registers, two positions per register, were no faster from memory with any
+/// prefetch pattern tried, and 2.7x slower with `array::from_fn` left out of line.)
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,avx512f")]
-unsafe fn attend_group_avx512(
-    qs: &[f32],
-    hd: usize,
-    kv: KvHead,
-    n: usize,
-    scale: f32,
-    outs: &mut [f32],
-) {
+unsafe fn values_avx512(p: &[f32], hd: usize, kv: KvHead, n: usize, outs: &mut [f32]) {
     use std::arch::x86_64::*;
-    assert!(hd.is_multiple_of(128) && outs.len() == qs.len());
+    assert!(hd.is_multiple_of(128) && p.len() * hd == n * outs.len());
     assert!(n == 0 || kv.v.len() >= (n - 1) * kv.stride + hd);
-    let mut p = vec![0f32; qs.len() / hd * n];
-    scores_avx2(qs, hd, kv, 0..n, scale, &mut p);
-    p.chunks_exact_mut(n.max(1)).for_each(softmax);
     for s0 in (0..n).step_by(BLOCK) {
         let s1 = (s0 + BLOCK).min(n);
         for (h, out) in outs.chunks_exact_mut(hd).enumerate() {
