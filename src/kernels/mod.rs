@@ -257,8 +257,8 @@ impl Kernel {
         }
     }
 
-    /// Whether this is a SIMD path (AVX2 at least): the float code without F16C/FMA needs
-    /// (attention) runs its AVX2 version.
+    /// Whether this is a SIMD path (AVX2 at least), for float code that needs nothing more
+    /// (attention).
     #[inline]
     pub fn simd(self) -> bool {
         self.0 != Path::Scalar
