@@ -180,27 +180,22 @@ pub(super) fn step(s: &mut Session, id: u32) -> Vec<f32> {
     let attn = Shared::new(nh * hd);
     let (o, m, d) = (Shared::new(hidden), Shared::new(ff), Shared::new(hidden));
     let logits = Shared::new(w.lm_head.rows);
-    // five phases per layer and the head, each with its own claim counter
-    let next: Vec<AtomicUsize> = (0..5 * nl + 1).map(|_| AtomicUsize::new(0)).collect();
+    // four phases per layer and the head, each with its own claim counter
+    let next: Vec<AtomicUsize> = (0..4 * nl + 1).map(|_| AtomicUsize::new(0)).collect();
     let barrier = Barrier::new(rayon::current_num_threads());
     let rope = RopeAt::new(pos, &st.inv_freq);
-    // Attention is claimed in units of `sub` query heads that share a kv head: the larger the
-    // unit, the fewer times the cache is read, but the units must also split evenly over the
-    // threads (2B-4T's 5 groups of 4 ran 3:2 on 2 threads, 7% slower than per head; 10 units of
-    // 2 heads split 5:5).
-    let group = nh / nkv;
-    let threads = rayon::current_num_threads();
-    let parts = (1..=group)
-        .find(|d| group % d == 0 && nkv * d % threads == 0)
-        .unwrap_or(group);
-    let sub = group / parts;
+    // Attention is split statically: thread t takes query heads t·nh/T .. (t+1)·nh/T, attending
+    // with each kv head once for the heads of it that it has, so a kv head's cache is read once
+    // per thread that needs it (2B-4T at 2 threads: 6 reads of 5 kv heads, 10 query heads
+    // each). Claimed units of 2 heads had read every kv head twice, 10 reads.
+    let (group, threads) = (nh / nkv, rayon::current_num_threads());
 
     rayon::broadcast(|ctx| {
         let _poison = PoisonOnPanic(&barrier);
         let mut x = vec![0f32; hidden];
         w.embed.row(id as usize, &mut x);
         for (li, layer) in w.layers.iter().enumerate() {
-            let next = &next[5 * li..];
+            let next = &next[4 * li..];
             let qkv_ls = [&layer.q, &layer.k, &layer.v];
             let xn = normed(st, &x, Some(&layer.input_norm), eps, &qkv_ls);
             matvec(st, &qkv_ls, &xn, &next[0], &qkv);
@@ -218,8 +213,14 @@ pub(super) fn step(s: &mut Session, id: u32) -> Vec<f32> {
             {
                 let kc = st.k_cache[li].read().unwrap_or_else(|e| e.into_inner());
                 let vc = st.v_cache[li].read().unwrap_or_else(|e| e.into_inner());
-                for u in claims(&next[1], nh / sub).flatten() {
-                    let (heads, kv) = (u * sub * hd..(u + 1) * sub * hd, u * sub / group);
+                let mine = ctx.index() * nh / threads..(ctx.index() + 1) * nh / threads;
+                for kv in mine.start / group..mine.end.div_ceil(group) {
+                    let first = mine.start.max(kv * group);
+                    let last = mine.end.min((kv + 1) * group);
+                    if first >= last {
+                        continue; // more threads than query heads
+                    }
+                    let heads = first * hd..last * hd;
                     let mut qs = qkv.range(heads.clone());
                     qs.chunks_exact_mut(hd).for_each(|h| rope.apply(h));
                     let mut out = vec![0f32; qs.len()];
@@ -243,7 +244,7 @@ pub(super) fn step(s: &mut Session, id: u32) -> Vec<f32> {
                 eps,
                 &[&layer.o],
             );
-            matvec(st, &[&layer.o], &a, &next[2], &o);
+            matvec(st, &[&layer.o], &a, &next[1], &o);
             barrier.wait();
             x.iter_mut().enumerate().for_each(|(i, v)| *v += o.get(i));
             let xn = normed(
@@ -253,7 +254,7 @@ pub(super) fn step(s: &mut Session, id: u32) -> Vec<f32> {
                 eps,
                 &[&layer.gate, &layer.up],
             );
-            gated_matvec(st, li, &xn, &next[3], &m);
+            gated_matvec(st, li, &xn, &next[2], &m);
             barrier.wait();
             let mq = normed(
                 st,
@@ -262,13 +263,13 @@ pub(super) fn step(s: &mut Session, id: u32) -> Vec<f32> {
                 eps,
                 &[&layer.down],
             );
-            matvec(st, &[&layer.down], &mq, &next[4], &d);
+            matvec(st, &[&layer.down], &mq, &next[3], &d);
             barrier.wait();
             x.iter_mut().enumerate().for_each(|(i, v)| *v += d.get(i));
         }
         let h = norm(&x, &w.norm, eps);
         let q8 = (w.lm_head.dtype == DType::Q4).then(|| Q8Blocks::new(&h));
-        for r in claims(&next[5 * nl], w.lm_head.rows).flatten() {
+        for r in claims(&next[4 * nl], w.lm_head.rows).flatten() {
             logits.set(r, head_row(w, st.kern, &h, q8.as_ref(), r));
         }
     });
