@@ -215,12 +215,9 @@ pub(super) fn step(s: &mut Session, id: u32) -> Vec<f32> {
                 let vc = st.v_cache[li].read().unwrap_or_else(|e| e.into_inner());
                 let mine = ctx.index() * nh / threads..(ctx.index() + 1) * nh / threads;
                 for kv in mine.start / group..mine.end.div_ceil(group) {
-                    let first = mine.start.max(kv * group);
-                    let last = mine.end.min((kv + 1) * group);
-                    if first >= last {
-                        continue; // more threads than query heads
-                    }
-                    let heads = first * hd..last * hd;
+                    // empty when this thread's share is (more threads than query heads)
+                    let heads =
+                        mine.start.max(kv * group) * hd..mine.end.min((kv + 1) * group) * hd;
                     let mut qs = qkv.range(heads.clone());
                     qs.chunks_exact_mut(hd).for_each(|h| rope.apply(h));
                     let mut out = vec![0f32; qs.len()];

@@ -79,10 +79,10 @@ pub fn softmax(x: &mut [f32]) {
 /// `e^x` in f32 to within one ulp (tests/runner.rs measures it against f64), in plain f32
 /// operations that the AVX2 version repeats lane by lane, so every path and the reference get
 /// the same bits (softmax and SiLU call it; libm `expf` was 3–5% of a decode step):
-/// `x = n·ln 2 + r` with `n` rounded to nearest even and `|r| ≤ ln 2 / 2` (Cody–Waite, ln 2 in two parts),
-/// `e^r` by the Cephes degree-7 polynomial, times `2^n` built in the exponent bits (in two
-/// factors, so `n = 128` overflows to infinity as it should). Below −87 (`e^x` < 1.7e-38, a
-/// weight no sum can notice) the result is 0; NaN stays NaN.
+/// `x = n·ln 2 + r` with `n` rounded to nearest even and `|r| ≤ ln 2 / 2` (Cody–Waite, ln 2
+/// in two parts), `e^r` by the Cephes degree-7 polynomial, times `2^n` built in the exponent
+/// bits (in two factors, so `n = 128` overflows to infinity as it should). Below −87
+/// (`e^x` < 1.7e-38, a weight no sum can notice) the result is 0; NaN stays NaN.
 pub fn exp(x: f32) -> f32 {
     if x.is_nan() {
         return x;
@@ -150,7 +150,8 @@ unsafe fn exp_shifted_avx2(x: &mut [f32], shift: f32) {
         _mm256_setzero_ps(),
         _mm256_set1_ps(1.0),
     );
-    let (bias, top) = (_mm256_set1_epi32(127), _mm256_set1_epi32(127));
+    // the exponent bias, and the largest n one factor of 2^n takes
+    let k127 = _mm256_set1_epi32(127);
     let chunks = x.len() / 8;
     for i in 0..chunks {
         let p = x.as_mut_ptr().add(8 * i);
@@ -171,9 +172,9 @@ unsafe fn exp_shifted_avx2(x: &mut [f32], shift: f32) {
         }
         let y = _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(q, _mm256_mul_ps(r, r)), r), one);
         let n = _mm256_cvtps_epi32(n);
-        let n1 = _mm256_min_epi32(n, top);
-        let pow2_n1 = _mm256_slli_epi32::<23>(_mm256_add_epi32(n1, bias));
-        let pow2_rest = _mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_sub_epi32(n, n1), bias));
+        let n1 = _mm256_min_epi32(n, k127);
+        let pow2_n1 = _mm256_slli_epi32::<23>(_mm256_add_epi32(n1, k127));
+        let pow2_rest = _mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_sub_epi32(n, n1), k127));
         let out = _mm256_mul_ps(
             _mm256_mul_ps(y, _mm256_castsi256_ps(pow2_n1)),
             _mm256_castsi256_ps(pow2_rest),
@@ -421,6 +422,9 @@ pub fn attend_group(
     scale: f32,
     outs: &mut [f32],
 ) {
+    if qs.is_empty() {
+        return; // no heads (a decode thread with no share of them)
+    }
     #[cfg(target_arch = "x86_64")]
     if kern.simd() {
         let mut p = vec![0f32; qs.len() / hd * n];
