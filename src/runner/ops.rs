@@ -78,7 +78,7 @@ pub fn softmax(x: &mut [f32]) {
 
 /// `e^x` in f32 to within one ulp (tests/runner.rs measures it against f64), in plain f32
 /// operations that the AVX2 version repeats lane by lane, so every path and the reference get
-/// the same bits (softmax and SiLU call it; libm `expf` was 3–5% of a decode step):
+/// the same bits (softmax and SiLU call it; libm `expf` was about 3% of a decode step):
 /// `x = n·ln 2 + r` with `n` rounded to nearest even and `|r| ≤ ln 2 / 2` (Cody–Waite, ln 2
 /// in two parts), `e^r` by the Cephes degree-7 polynomial, times `2^n` built in the exponent
 /// bits (in two factors, so `n = 128` overflows to infinity as it should). Below −87
