@@ -332,10 +332,10 @@ pub fn quantize_act(x: &[f32], out: &mut [i8]) -> (f32, i32) {
         // SAFETY: AVX2 was just detected.
         return unsafe { quantize_act_avx2(x, out) };
     }
-    quantize_act_lanes(x, out)
+    quantize_act_portable(x, out)
 }
 
-/// The same computation written in AVX2 (LLVM kept `quantize_act_lanes`' max a scalar chain
+/// The same computation written in AVX2 (LLVM kept `quantize_act_portable`'s max a scalar chain
 /// and stored its bytes one `vpinsrb` at a time, ~5 cycles a value): the max of |x| in eight
 /// lanes (exact in any order; NaN skipped, as `f32::max` does), then per 32 values the same
 /// multiply, clamp and round to nearest even, packed to bytes, and an integer sum. NaN
@@ -391,33 +391,30 @@ unsafe fn quantize_act_avx2(x: &[f32], out: &mut [i8]) -> (f32, i32) {
     }
     let mut sums = [0i32; 8];
     _mm256_storeu_si256(sums.as_mut_ptr() as *mut __m256i, sum);
-    let mut sum: i32 = sums.iter().sum();
-    for (o, &v) in out[i..n].iter_mut().zip(&x[i..]) {
-        let q = quantize_one(v, s);
-        *o = q;
-        sum += q as i32;
-    }
-    out[n..].fill(0);
+    let sum = sums.iter().sum::<i32>() + quantize_with(&x[i..], s, &mut out[i..]);
     (s, sum)
 }
 
-/// One value: clamping to the integer bounds first gives the same result and keeps the
-/// rounding inline (round_ties_even is a libm call on baseline x86-64).
+/// `out[i] = clamp(round_half_even(x[i]·s), −128, 127)`, zeros after `x.len()`; returns Σ
+/// out. Clamping to the integer bounds first gives the same result and keeps the rounding
+/// inline (round_ties_even is a libm call on baseline x86-64).
 #[inline(always)]
-fn quantize_one(v: f32, s: f32) -> i8 {
-    crate::quant::round_half_even_small((v * s).clamp(-128.0, 127.0)) as i8
-}
-
-#[inline(always)]
-fn quantize_act_lanes(x: &[f32], out: &mut [i8]) -> (f32, i32) {
-    let max = x.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let s = 127.0f32 / max.max(1e-5);
+fn quantize_with(x: &[f32], s: f32, out: &mut [i8]) -> i32 {
     let mut sum = 0i32;
     for (o, &v) in out.iter_mut().zip(x) {
-        let q = quantize_one(v, s);
+        let q = crate::quant::round_half_even_small((v * s).clamp(-128.0, 127.0)) as i8;
         *o = q;
         sum += q as i32;
     }
     out[x.len()..].fill(0);
-    (s, sum)
+    sum
+}
+
+/// The portable path of [`quantize_act`] (CPUs without AVX2); public so that tests hold it to
+/// the formula on machines that run the AVX2 one.
+#[inline(always)]
+pub fn quantize_act_portable(x: &[f32], out: &mut [i8]) -> (f32, i32) {
+    let max = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let s = 127.0f32 / max.max(1e-5);
+    (s, quantize_with(x, s, out))
 }

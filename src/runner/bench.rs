@@ -90,10 +90,10 @@ pub fn run(w: &Weights, kern: Kernel, prompt: usize, decode: usize) -> Result<Be
     let pp = t0.elapsed().as_secs_f64();
     // after the prompt, so the weights are in the page cache either way
     let bw = read_bandwidth(&slices, 3);
-    // each step reads the cache as it was plus its own position
-    let kv_step = s.kv_bytes() / prompt as u64;
-    let kv: u64 = (0..decode as u64)
-        .map(|i| s.kv_bytes() + i * kv_step + kv_step)
+    // step i reads the cache as it was plus its own position: prompt + i + 1 positions
+    let kv_pos = s.kv_bytes() / prompt as u64;
+    let kv: u64 = (1..=decode as u64)
+        .map(|i| (prompt as u64 + i) * kv_pos)
         .sum();
     let t1 = Instant::now();
     for _ in 0..decode {
@@ -102,7 +102,7 @@ pub fn run(w: &Weights, kern: Kernel, prompt: usize, decode: usize) -> Result<Be
     }
     let tg = t1.elapsed().as_secs_f64();
     let bw = bw.max(read_bandwidth(&slices, 3));
-    debug_assert_eq!(s.kv_bytes(), (prompt + decode) as u64 * kv_step);
+    debug_assert_eq!(s.kv_bytes(), (prompt + decode) as u64 * kv_pos);
     let gbps = per_token as f64 * decode as f64 / tg / 1e9;
     let all = (per_token * decode as u64 + kv) as f64 / tg / 1e9;
     Ok(BenchReport {

@@ -444,15 +444,15 @@ pub fn attend_group(
     }
 }
 
-/// Key rows prefetched this many positions ahead (2 KiB for 128-float heads; 16 positions and
-/// none measured the same within the noise).
+/// Key and value rows prefetched this many positions ahead of the score pass (2 KiB each for
+/// 128-float heads; 16 positions and none measured the same within the noise).
 #[cfg(target_arch = "x86_64")]
 const AHEAD: usize = 4;
 
 /// The scaled scores `[head][position]` into `p` (`n` positions per head), each key loaded
-/// once for the group (and its value row prefetched, so the value pass
-/// reads from L2: 7% faster from memory, criterion `attention`). dot4_avx2(key, [4 heads])
-/// multiplies the same pairs in the same order as dot_avx2(head, key): products commute.
+/// once for the group (and its value row prefetched, so the value pass reads from L2: 7%
+/// faster from memory, criterion `attention`). dot4_avx2(key, [4 heads]) multiplies the same
+/// pairs in the same order as dot_avx2(head, key): products commute.
 /// Eight positions at a time, a group of four heads' sums are reduced across lanes together
 /// (`reduce8_avx2`, the same additions as `reduce_lanes`): one reduction per position and head
 /// through memory was the largest share of attention in perf.
