@@ -208,6 +208,22 @@ fn stream(c: &mut Criterion) {
                     .fold(0i32, i32::wrapping_add)
             })
         });
+        // pairs of blocks of one stream `d` blocks apart, as decode pairs a claim's halves
+        // (adjacent blocks stream as slowly as one alone)
+        for d in [1usize, 16] {
+            g.bench_function(format!("tl_apart{d}_{}_k{k}", kern.name()), |b| {
+                b.iter(|| {
+                    let bl = chunks * tl::CHUNK_BYTES;
+                    data.chunks_exact(2 * d * bl)
+                        .flat_map(|span| {
+                            let (x, y) = span.split_at(d * bl);
+                            x.chunks_exact(bl).zip(y.chunks_exact(bl))
+                        })
+                        .map(|(u, v)| kern.dot_tl_pair(u, v, black_box(&lut))[0][0])
+                        .fold(0i32, i32::wrapping_add)
+                })
+            });
+        }
         g.bench_function(format!("t2_{}_k{k}", kern.name()), |b| {
             b.iter(|| {
                 data.chunks_exact(k / 4)

@@ -109,23 +109,44 @@ fn claims(next: &AtomicUsize, n: usize) -> impl Iterator<Item = Range<usize>> + 
 }
 
 /// `ls[i] · a` into `out` (the outputs concatenated), units (rows, or TL blocks) claimed
-/// from `next`.
+/// from `next`. TL blocks go in pairs, each unit of a claim's first half with its twin in the
+/// second: one kernel call reads each table line once for both, and the two weight streams lie
+/// far apart. (A block alone streamed at 19 GiB/s on one Zen 5 core, a pair of far-apart
+/// blocks at 30, adjacent blocks at 19: `cargo bench --bench kernels -- stream_1thread`.)
 fn matvec(s: &Session, ls: &[&Linear], a: &QuantizedBatch, next: &AtomicUsize, out: &Shared) {
     let total = ls.iter().map(|l| l.units()).sum();
-    let mut ys = [0f32; ROWS];
-    for range in claims(next, total) {
-        // the range may cross from one projection into the next
-        let (mut base, mut row0) = (0, 0);
+    // the projection, its unit and its first output row of unit `u` of the concatenation
+    let locate = |mut u: usize| {
+        let mut row0 = 0;
         for l in ls {
-            let (lo, hi) = (range.start.max(base), range.end.min(base + l.units()));
-            for u in lo..hi {
-                let (r, n) = unit_rows(s.kern, l, a, 0, u - base, &mut ys);
-                for (i, y) in ys[..n].iter().enumerate() {
-                    out.set(row0 + r + i, *y);
-                }
+            if u < l.units() {
+                return (*l, u, row0);
             }
-            base += l.units();
+            u -= l.units();
             row0 += l.rows;
+        }
+        unreachable!("unit {u} past the projections' {total}")
+    };
+    let paired = ls.iter().all(|l| l.dtype == DType::TL);
+    let (mut y0, mut y1) = ([0f32; ROWS], [0f32; ROWS]);
+    let put = |row0: usize, (r, n): (usize, usize), ys: &[f32; ROWS]| {
+        for (i, y) in ys[..n].iter().enumerate() {
+            out.set(row0 + r + i, *y);
+        }
+    };
+    for range in claims(next, total) {
+        let half = if paired { range.len() / 2 } else { 0 };
+        for u in range.start..range.start + half {
+            let ((la, ua, ra), (lb, ub, rb)) = (locate(u), locate(u + half));
+            let [a_rows, b_rows] =
+                unit_rows_pair(s.kern, [(la, ua), (lb, ub)], a, 0, [&mut y0, &mut y1]);
+            put(ra, a_rows, &y0);
+            put(rb, b_rows, &y1);
+        }
+        for u in range.start + 2 * half..range.end {
+            let (l, lu, row0) = locate(u);
+            let rows = unit_rows(s.kern, l, a, 0, lu, &mut y0);
+            put(row0, rows, &y0);
         }
     }
 }
@@ -138,7 +159,7 @@ fn gated_matvec(s: &Session, li: usize, a: &QuantizedBatch, next: &AtomicUsize, 
     let act = s.w.activation();
     let (mut gv, mut uv, mut m) = ([0f32; ROWS], [0f32; ROWS], [0f32; ROWS]);
     for unit in claims(next, g.units()).flatten() {
-        let (r, n) = unit_rows_pair(s.kern, [g, u], a, 0, unit, [&mut gv, &mut uv]);
+        let [(r, n), _] = unit_rows_pair(s.kern, [(g, unit), (u, unit)], a, 0, [&mut gv, &mut uv]);
         gated(act, &gv[..n], &uv[..n], &mut m[..n]);
         for (i, y) in m[..n].iter().enumerate() {
             out.set(r + i, *y);

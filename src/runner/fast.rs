@@ -284,26 +284,30 @@ pub(super) fn unit_rows(
     }
 }
 
-/// [`unit_rows`] of unit `u` of two projections of one shape and layout (gate and up) into
-/// `ys[0]` and `ys[1]`: TL blocks go through one kernel call for both.
+/// [`unit_rows`] of two units (each a projection and a unit of it; one input length and
+/// layout) into `ys[0]` and `ys[1]`, returning each one's first row and row count: TL blocks go
+/// through one kernel call for both, which reads each table line once for the two.
 #[inline]
 pub(super) fn unit_rows_pair(
     kern: Kernel,
-    ls: [&Linear; 2],
+    units: [(&Linear, usize); 2],
     a: &QuantizedBatch,
     tok: usize,
-    u: usize,
     ys: [&mut [f32; tl::ROWS]; 2],
-) -> (usize, usize) {
+) -> [(usize, usize); 2] {
     let [y0, y1] = ys;
-    if ls[0].dtype != DType::TL {
-        let first = unit_rows(kern, ls[0], a, tok, u, y0);
-        unit_rows(kern, ls[1], a, tok, u, y1);
-        return first;
+    let [(l0, u0), (l1, u1)] = units;
+    if l0.dtype != DType::TL {
+        return [
+            unit_rows(kern, l0, a, tok, u0, y0),
+            unit_rows(kern, l1, a, tok, u1, y1),
+        ];
     }
-    let [s0, s1] = kern.dot_tl_pair(ls[0].block(u), ls[1].block(u), a.lut(tok));
-    block_out(ls[1], u, &s1, a.scales[tok], y1);
-    block_out(ls[0], u, &s0, a.scales[tok], y0)
+    let [s0, s1] = kern.dot_tl_pair(l0.block(u0), l1.block(u1), a.lut(tok));
+    [
+        block_out(l0, u0, &s0, a.scales[tok], y0),
+        block_out(l1, u1, &s1, a.scales[tok], y1),
+    ]
 }
 
 /// TL block `u`'s row sums finished into the front of `ys`: its first row and how many rows
