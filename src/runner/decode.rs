@@ -174,13 +174,37 @@ fn norm(x: &[f32], g: &[f32], eps: f32) -> Vec<f32> {
     o
 }
 
-/// The input of projections `ls`: `v` through the norm `g` when there is one (the input and
-/// post-attention norms; the sub-norms of BitNet b1.58), quantized to int8 (with TL tables).
-fn normed(s: &Session, v: &[f32], g: Option<&[f32]>, eps: f32, ls: &[&Linear]) -> QuantizedBatch {
-    match g {
-        Some(g) => QuantizedBatch::for_layers(&norm(v, g, eps), v.len(), s.kern, ls),
-        None => QuantizedBatch::for_layers(v, v.len(), s.kern, ls),
-    }
+/// One thread's buffers for a step, refilled for every layer: a normed vector and the
+/// quantized input of each of the four phases.
+#[derive(Default)]
+struct Scratch {
+    normed: Vec<f32>,
+    inputs: [QuantizedBatch; 4],
+}
+
+/// The input of projections `ls` into `scratch.inputs[phase]`: `v` through the norm `g` when
+/// there is one (the input and post-attention norms; the sub-norms of BitNet b1.58),
+/// quantized to int8 (with TL tables).
+fn normed<'a>(
+    s: &Session,
+    scratch: &'a mut Scratch,
+    phase: usize,
+    v: &[f32],
+    g: Option<&[f32]>,
+    eps: f32,
+    ls: &[&Linear],
+) -> &'a QuantizedBatch {
+    let x = match g {
+        Some(g) => {
+            scratch.normed.resize(v.len(), 0.0);
+            rms_norm(v, g, eps, &mut scratch.normed);
+            &scratch.normed[..]
+        }
+        None => v,
+    };
+    let a = &mut scratch.inputs[phase];
+    a.refill(x, v.len(), s.kern, ls);
+    a
 }
 
 /// Appends token `id` to the session and returns its logits.
@@ -214,12 +238,21 @@ pub(super) fn step(s: &mut Session, id: u32) -> Vec<f32> {
     rayon::broadcast(|ctx| {
         let _poison = PoisonOnPanic(&barrier);
         let mut x = vec![0f32; hidden];
+        let mut scratch = Scratch::default();
         w.embed.row(id as usize, &mut x);
         for (li, layer) in w.layers.iter().enumerate() {
             let next = &next[4 * li..];
             let qkv_ls = [&layer.q, &layer.k, &layer.v];
-            let xn = normed(st, &x, Some(&layer.input_norm), eps, &qkv_ls);
-            matvec(st, &qkv_ls, &xn, &next[0], &qkv);
+            let xn = normed(
+                st,
+                &mut scratch,
+                0,
+                &x,
+                Some(&layer.input_norm),
+                eps,
+                &qkv_ls,
+            );
+            matvec(st, &qkv_ls, xn, &next[0], &qkv);
             barrier.wait();
             if ctx.index() == 0 {
                 let mut k = qkv.range(nh * hd..(nh + nkv) * hd);
@@ -257,31 +290,37 @@ pub(super) fn step(s: &mut Session, id: u32) -> Vec<f32> {
             barrier.wait();
             let a = normed(
                 st,
+                &mut scratch,
+                1,
                 &attn.to_vec(),
                 layer.attn_sub_norm.as_deref(),
                 eps,
                 &[&layer.o],
             );
-            matvec(st, &[&layer.o], &a, &next[1], &o);
+            matvec(st, &[&layer.o], a, &next[1], &o);
             barrier.wait();
             x.iter_mut().enumerate().for_each(|(i, v)| *v += o.get(i));
             let xn = normed(
                 st,
+                &mut scratch,
+                2,
                 &x,
                 Some(&layer.post_norm),
                 eps,
                 &[&layer.gate, &layer.up],
             );
-            gated_matvec(st, li, &xn, &next[2], &m);
+            gated_matvec(st, li, xn, &next[2], &m);
             barrier.wait();
             let mq = normed(
                 st,
+                &mut scratch,
+                3,
                 &m.to_vec(),
                 layer.ffn_sub_norm.as_deref(),
                 eps,
                 &[&layer.down],
             );
-            matvec(st, &[&layer.down], &mq, &next[3], &d);
+            matvec(st, &[&layer.down], mq, &next[3], &d);
             barrier.wait();
             x.iter_mut().enumerate().for_each(|(i, v)| *v += d.get(i));
         }

@@ -15,6 +15,7 @@ use std::sync::RwLock;
 
 /// int8 activations of a batch of tokens, quantized once and shared by every projection that
 /// reads the same input.
+#[derive(Default)]
 pub struct QuantizedBatch {
     q: Vec<i8>,
     k_pad: usize,
@@ -28,31 +29,37 @@ pub struct QuantizedBatch {
 
 impl QuantizedBatch {
     pub fn new(x: &[f32], k: usize) -> Self {
+        let mut a = QuantizedBatch::default();
+        a.quantize(x, k);
+        a
+    }
+
+    /// Quantizes the tokens of `x` (`k` values each) into this batch's buffers, reusing them.
+    fn quantize(&mut self, x: &[f32], k: usize) {
         let t = x.len() / k;
         let k_pad = k.div_ceil(256) * 256;
-        let mut q = vec![0i8; t * k_pad];
-        let quantize = |(xt, qt): (&[f32], &mut [i8])| quantize_act(xt, qt);
-        // a prompt's tokens in parallel (serial work here would idle the other cores); one
-        // token, as in decode, stays on its thread
-        let sq: Vec<(f32, i32)> = if t > 1 {
-            x.par_chunks_exact(k)
-                .zip(q.par_chunks_exact_mut(k_pad))
-                .map(quantize)
-                .collect()
-        } else {
-            x.chunks_exact(k)
-                .zip(q.chunks_exact_mut(k_pad))
-                .map(quantize)
-                .collect()
-        };
-        let (scales, sums) = sq.into_iter().unzip();
-        QuantizedBatch {
-            q,
-            k_pad,
-            scales,
-            sums,
-            lut: Vec::new(),
-            lut_len: 0,
+        self.k_pad = k_pad;
+        // every byte is written (quantize_act zero-pads), so stale contents do not matter
+        self.q.resize(t * k_pad, 0);
+        self.lut_len = 0;
+        self.scales.clear();
+        self.sums.clear();
+        // one token, as in decode, stays on its thread; a prompt's tokens run in parallel
+        // (serial work here would idle the other cores)
+        if t == 1 {
+            let (s, sum) = quantize_act(&x[..k], &mut self.q);
+            self.scales.push(s);
+            self.sums.push(sum);
+            return;
+        }
+        let sq: Vec<(f32, i32)> = x
+            .par_chunks_exact(k)
+            .zip(self.q.par_chunks_exact_mut(k_pad))
+            .map(|(xt, qt)| quantize_act(xt, qt))
+            .collect();
+        for (s, sum) in sq {
+            self.scales.push(s);
+            self.sums.push(sum);
         }
     }
 
@@ -60,24 +67,35 @@ impl QuantizedBatch {
     /// and the batch is small enough to use them (built once per token and shared, like the
     /// int8 values).
     pub fn for_layers(x: &[f32], k: usize, kern: Kernel, ls: &[&Linear]) -> Self {
-        let mut a = QuantizedBatch::new(x, k);
-        let lookup = a.tokens() <= TL_LUT_TOKENS;
+        let mut a = QuantizedBatch::default();
+        a.refill(x, k, kern, ls);
+        a
+    }
+
+    /// [`QuantizedBatch::for_layers`] into this batch's buffers: decode refills one batch per
+    /// phase for every layer instead of allocating and zeroing (a down projection's tables
+    /// are 147 KiB) 120 times a token, ~0.5% of a one-thread step.
+    pub fn refill(&mut self, x: &[f32], k: usize, kern: Kernel, ls: &[&Linear]) {
+        self.quantize(x, k);
+        let lookup = self.tokens() <= TL_LUT_TOKENS;
         if let Some(l) = ls.iter().find(|l| l.dtype == DType::TL).filter(|_| lookup) {
             let chunks = l.tl_chunks();
-            a.lut_len = chunks * kern.tl_lut_layout().chunk_bytes();
-            a.lut = vec![0u8; a.tokens() * a.lut_len];
+            self.lut_len = chunks * kern.tl_lut_layout().chunk_bytes();
+            // every table byte is written (tests/kernels.rs builds over a filled buffer)
+            self.lut.resize(self.tokens() * self.lut_len, 0);
             let build = |(q, lut): (&[i8], &mut [u8])| kern.tl_lut(q, chunks, lut);
-            if a.tokens() > 1 {
-                a.q.par_chunks_exact(a.k_pad)
-                    .zip(a.lut.par_chunks_exact_mut(a.lut_len))
+            if self.tokens() > 1 {
+                self.q
+                    .par_chunks_exact(self.k_pad)
+                    .zip(self.lut.par_chunks_exact_mut(self.lut_len))
                     .for_each(build);
             } else {
-                a.q.chunks_exact(a.k_pad)
-                    .zip(a.lut.chunks_exact_mut(a.lut_len))
+                self.q
+                    .chunks_exact(self.k_pad)
+                    .zip(self.lut.chunks_exact_mut(self.lut_len))
                     .for_each(build);
             }
         }
-        a
     }
 
     fn tokens(&self) -> usize {
