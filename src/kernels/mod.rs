@@ -212,11 +212,12 @@ impl Kernel {
         }
     }
 
-    /// [`Kernel::dot_tl`] of two blocks of one length against the same tables (decode's gate
-    /// and up blocks): with VBMI each table line is loaded once for both, and the two weight
-    /// streams are read side by side (the tables of a 2560-wide input, 55 KiB, do not fit L1,
-    /// so one block at a time reloads them from L2 for every block: 25 GiB/s streaming on one
-    /// Zen 5 core, 30 for the pair, `cargo bench --bench kernels -- stream_1thread`).
+    /// [`Kernel::dot_tl`] of two blocks of one length against the same tables (decode takes
+    /// every TL block in such pairs): with VBMI each table line is loaded once for both, and
+    /// the two weight streams are read side by side. The tables of a 2560-wide input (55 KiB)
+    /// do not fit L1; one Zen 5 core streamed one block at a time at 19 GiB/s, two adjacent
+    /// blocks at 19 and two far-apart ones at 28–30 (`cargo bench --bench kernels --
+    /// stream_1thread`).
     #[inline]
     pub fn dot_tl_pair(self, a: &[u8], b: &[u8], lut: &[u8]) -> [[i32; tl::ROWS]; 2] {
         // one length on every path (the VBMI kernel walks both blocks by the first's chunks)
