@@ -299,6 +299,21 @@ impl Kernel {
         q4::dot_q4_q8_scalar(row, a)
     }
 
+    /// [`Kernel::dot_q4`] of consecutive rows (`row_bytes` each) into `out`, one per row, each
+    /// with the bits of a call with that row alone (decode's head: 128 256 rows a token).
+    #[inline]
+    pub fn dot_q4_rows(self, rows: &[u8], row_bytes: usize, a: &q4::Q8Blocks, out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if self.vbmi() {
+            // SAFETY: vbmi() checked AVX-512 F, BW, VNNI (the path) and VBMI; the function
+            // checks the lengths it relies on.
+            return unsafe { q4::dot_q4_q8_avx512_rows(rows, row_bytes, [a], out) };
+        }
+        for (o, row) in out.iter_mut().zip(rows.chunks(row_bytes.max(1))) {
+            *o = self.dot_q4(row, a);
+        }
+    }
+
     /// [`Kernel::dot_q4`] of one row against `P` vectors, each result with the bits of a call
     /// with that vector alone (the AVX-512 kernel unpacks the row once for all of them).
     #[inline]

@@ -24,6 +24,9 @@ use crate::kernels::{q4::Q8Blocks, tl::ROWS};
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
+/// Head rows per kernel call in decode.
+const HEAD_RUN: usize = 64;
+
 /// Spins at a barrier before yielding the CPU (in case there are more threads than cores).
 const SPINS: u32 = 1 << 12;
 
@@ -326,8 +329,26 @@ pub(super) fn step(s: &mut Session, id: u32) -> Vec<f32> {
         }
         let h = norm(&x, &w.norm, eps);
         let q8 = (w.lm_head.dtype == DType::Q4).then(|| Q8Blocks::new(&h));
-        for r in claims(&next[4 * nl], w.lm_head.rows).flatten() {
-            logits.set(r, head_row(w, st.kern, &h, q8.as_ref(), r));
+        // a Q4 head in runs of rows per kernel call
+        let mut ys = [0f32; HEAD_RUN];
+        for range in claims(&next[4 * nl], w.lm_head.rows) {
+            for r0 in range.clone().step_by(HEAD_RUN) {
+                let ys = &mut ys[..(range.end - r0).min(HEAD_RUN)];
+                match &q8 {
+                    Some(a) => {
+                        let rows = w.lm_head.stored_rows(r0, ys.len());
+                        st.kern.dot_q4_rows(rows, w.lm_head.row_bytes(), a, ys);
+                    }
+                    None => {
+                        for (i, y) in ys.iter_mut().enumerate() {
+                            *y = head_row(w, st.kern, &h, None, r0 + i);
+                        }
+                    }
+                }
+                for (i, y) in ys.iter().enumerate() {
+                    logits.set(r0 + i, *y);
+                }
+            }
         }
     });
     s.pos += 1;

@@ -122,6 +122,12 @@ impl<'a> Dense<'a> {
         &self.data[r * n..(r + 1) * n]
     }
 
+    /// Rows `r .. r + n` as stored, one after another.
+    pub fn stored_rows(&self, r: usize, n: usize) -> &'a [u8] {
+        let b = self.row_bytes();
+        &self.data[r * b..(r + n) * b]
+    }
+
     /// The scale of int8 row `r` (`None` for other dtypes).
     pub fn row_scale_of(&self, r: usize) -> Option<f32> {
         let s = self.row_scale?;
