@@ -283,11 +283,13 @@ proptest! {
             for (m, v) in many.iter().zip(all) {
                 prop_assert_eq!(m.to_bits(), kern.dot_q4(&row, v).to_bits(), "{}", kern.name());
             }
-            // runs of rows through one call (decode's head): each the bits of a call alone
-            let rows: Vec<u8> = (0..5u8).flat_map(|i| row.iter().map(move |b| b ^ (i * 37))).collect();
-            let mut got = vec![f32::NAN; 5];
-            kern.dot_q4_rows(&rows, rb, &a, &mut got);
-            for (g, r) in got.iter().zip(rows.chunks(rb)) {
+            // runs of rows of two streams through one call (decode's head): each the bits of a
+            // call alone
+            let rows: Vec<u8> = (0..10u8).flat_map(|i| row.iter().map(move |b| b ^ (i * 37))).collect();
+            let (x, y) = rows.split_at(5 * rb);
+            let (mut gx, mut gy) = (vec![f32::NAN; 5], vec![f32::NAN; 5]);
+            kern.dot_q4_rows([x, y], rb, &a, [&mut gx, &mut gy]);
+            for (g, r) in gx.iter().chain(&gy).zip(rows.chunks(rb)) {
                 prop_assert_eq!(g.to_bits(), kern.dot_q4(r, &a).to_bits(), "{} rows", kern.name());
             }
         }

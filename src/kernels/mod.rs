@@ -299,18 +299,27 @@ impl Kernel {
         q4::dot_q4_q8_scalar(row, a)
     }
 
-    /// [`Kernel::dot_q4`] of consecutive rows (`row_bytes` each) into `out`, one per row, each
-    /// with the bits of a call with that row alone (decode's head: 128 256 rows a token).
+    /// [`Kernel::dot_q4`] of the consecutive rows (`row_bytes` each) of `R` streams, read side
+    /// by side, into `out[s]`, one per row, each with the bits of a call with that row alone
+    /// (decode's head: 128 256 rows a token, as two far-apart streams).
     #[inline]
-    pub fn dot_q4_rows(self, rows: &[u8], row_bytes: usize, a: &q4::Q8Blocks, out: &mut [f32]) {
+    pub fn dot_q4_rows<const R: usize>(
+        self,
+        streams: [&[u8]; R],
+        row_bytes: usize,
+        a: &q4::Q8Blocks,
+        out: [&mut [f32]; R],
+    ) {
         #[cfg(target_arch = "x86_64")]
         if self.vbmi() {
             // SAFETY: vbmi() checked AVX-512 F, BW, VNNI (the path) and VBMI; the function
             // checks the lengths it relies on.
-            return unsafe { q4::dot_q4_q8_avx512_rows(rows, row_bytes, [a], out) };
+            return unsafe { q4::dot_q4_q8_avx512_rows(streams, row_bytes, [a], out) };
         }
-        for (o, row) in out.iter_mut().zip(rows.chunks(row_bytes.max(1))) {
-            *o = self.dot_q4(row, a);
+        for (rows, out) in streams.into_iter().zip(out) {
+            for (o, row) in out.iter_mut().zip(rows.chunks(row_bytes.max(1))) {
+                *o = self.dot_q4(row, a);
+            }
         }
     }
 

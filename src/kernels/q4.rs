@@ -119,25 +119,27 @@ pub unsafe fn dot_q4_q8_avx512(row: &[u8], a: &Q8Blocks) -> f32 {
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi")]
 pub unsafe fn dot_q4_q8_avx512_many<const P: usize>(row: &[u8], a: [&Q8Blocks; P]) -> [f32; P] {
     let mut out = [0f32; P];
-    dot_q4_q8_avx512_rows(row, row.len(), a, &mut out);
+    dot_q4_q8_avx512_rows([row], row.len(), a, [&mut out]);
     out
 }
 
-/// [`dot_q4_q8_avx512_many`] of the consecutive rows of `rows` (`row_bytes` each) into `out`
-/// (`P` results per row, row after row), each with the bits of a call with that row alone:
-/// the checks and constants once per call instead of once per row (decode's head has 128 256
-/// rows of 1440 bytes).
+/// [`dot_q4_q8_avx512_many`] of the consecutive rows (`row_bytes` each) of `R` streams read
+/// side by side: row `i` of stream `s` into `out[s][P·i ..][.. P]`, each with the bits of a
+/// call with that row alone. The checks and constants are paid once per call instead of once
+/// per row (decode's head has 128 256 rows of 1440 bytes), and each activation load serves
+/// every stream: decode reads its head as two far-apart streams (on Zen 5 a core streams
+/// far-apart weights faster than one sequential run: `stream_1thread` in benches/kernels.rs).
 ///
 /// # Safety
-/// As [`dot_q4_q8_avx512`], for every vector; `rows` holds at least `out.len() / P` rows
+/// As [`dot_q4_q8_avx512`], for every vector; every stream holds the rows `out` asks of it
 /// (checked).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi")]
-pub unsafe fn dot_q4_q8_avx512_rows<const P: usize>(
-    rows: &[u8],
+pub unsafe fn dot_q4_q8_avx512_rows<const R: usize, const P: usize>(
+    streams: [&[u8]; R],
     row_bytes: usize,
     a: [&Q8Blocks; P],
-    out: &mut [f32],
+    out: [&mut [f32]; R],
 ) {
     use std::arch::x86_64::*;
     let groups = row_bytes / 72;
@@ -145,7 +147,9 @@ pub unsafe fn dot_q4_q8_avx512_rows<const P: usize>(
         assert!(a.d.len() * 18 >= row_bytes && a.q_split.len() >= groups * 128);
         assert!(a.offset_lanes.len() >= groups * 16 && a.d_lanes.len() >= groups * 16);
     }
-    assert!(P > 0 && rows.len() / row_bytes.max(1) >= out.len() / P);
+    let n = out[0].len() / P.max(1);
+    assert!(P > 0 && out.iter().all(|o| o.len() == n * P));
+    assert!(streams.iter().all(|s| s.len() >= n * row_bytes));
     // lane i, byte j: nibble byte j of block i (byte 2 + 18i + j of the group; ≥ 64 is the
     // second register)
     let nib_idx = _mm512_loadu_si512(
@@ -158,46 +162,53 @@ pub unsafe fn dot_q4_q8_avx512_rows<const P: usize>(
             as *const _,
     );
     let m15 = _mm512_set1_epi8(15);
-    for (row, o) in rows.chunks(row_bytes.max(1)).zip(out.chunks_exact_mut(P)) {
-        let mut acc = [_mm512_setzero_ps(); P];
+    let zero = _mm512_setzero_si512();
+    for i in 0..n {
+        let mut acc = [[_mm512_setzero_ps(); P]; R];
         for g in 0..groups {
-            let p = row.as_ptr().add(72 * g);
-            super::x86::prefetch_ahead(p);
-            super::x86::prefetch_ahead(p.add(64));
-            let v0 = super::x86::load_512_as_halves(p);
-            // the group's last 8 bytes; the masked load never touches what lies past them
-            let v1 = _mm512_maskz_loadu_epi8(0xFF, p.add(64) as *const _);
-            let v = _mm512_permutex2var_epi8(v0, nib_idx, v1);
-            let lo = _mm512_and_si512(v, m15);
-            let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(v), m15);
-            let dw = _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutex2var_epi8(
-                v0, scale_idx, v1,
-            )));
             // plain loops, no closures: see x86::dot_t2_offset_4x4_avx512
+            let (mut lo, mut hi, mut dw) = ([zero; R], [zero; R], [_mm512_setzero_ps(); R]);
+            for s in 0..R {
+                let p = streams[s].as_ptr().add(row_bytes * i + 72 * g);
+                super::x86::prefetch_ahead(p);
+                super::x86::prefetch_ahead(p.add(64));
+                let v0 = super::x86::load_512_as_halves(p);
+                // the group's last 8 bytes; the masked load never touches what lies past them
+                let v1 = _mm512_maskz_loadu_epi8(0xFF, p.add(64) as *const _);
+                let v = _mm512_permutex2var_epi8(v0, nib_idx, v1);
+                lo[s] = _mm512_and_si512(v, m15);
+                hi[s] = _mm512_and_si512(_mm512_srli_epi16::<4>(v), m15);
+                dw[s] = _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutex2var_epi8(
+                    v0, scale_idx, v1,
+                )));
+            }
             for j in 0..P {
                 let x = a[j].q_split.as_ptr().add(128 * g);
-                let d = _mm512_dpbusd_epi32(
-                    _mm512_setzero_si512(),
-                    lo,
+                let (x0, x1) = (
                     _mm512_loadu_si512(x as *const _),
+                    _mm512_loadu_si512(x.add(64) as *const _),
                 );
-                let d = _mm512_dpbusd_epi32(d, hi, _mm512_loadu_si512(x.add(64) as *const _));
                 let off = _mm512_loadu_si512(a[j].offset_lanes.as_ptr().add(16 * g) as *const _);
-                let dot = _mm512_cvtepi32_ps(_mm512_sub_epi32(d, off));
-                let s = _mm512_mul_ps(dw, _mm512_loadu_ps(a[j].d_lanes.as_ptr().add(16 * g)));
-                acc[j] = _mm512_fmadd_ps(dot, s, acc[j]);
+                let d = _mm512_loadu_ps(a[j].d_lanes.as_ptr().add(16 * g));
+                for s in 0..R {
+                    let dot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, lo[s], x0), hi[s], x1);
+                    let dot = _mm512_cvtepi32_ps(_mm512_sub_epi32(dot, off));
+                    acc[s][j] = _mm512_fmadd_ps(dot, _mm512_mul_ps(dw[s], d), acc[s][j]);
+                }
             }
         }
         // the last 0-3 blocks (none at 2560 wide, where the empty call had 1.2% of a decode's
         // perf samples)
-        let tail = &row[72 * groups..];
-        for j in 0..P {
-            let rest = if tail.is_empty() {
-                0.0
-            } else {
-                dot_blocks_scalar(tail, a[j], 4 * groups)
-            };
-            o[j] = _mm512_reduce_add_ps(acc[j]) + rest;
+        for s in 0..R {
+            let tail = &streams[s][row_bytes * i + 72 * groups..row_bytes * (i + 1)];
+            for j in 0..P {
+                let rest = if tail.is_empty() {
+                    0.0
+                } else {
+                    dot_blocks_scalar(tail, a[j], 4 * groups)
+                };
+                out[s][P * i + j] = _mm512_reduce_add_ps(acc[s][j]) + rest;
+            }
         }
     }
 }

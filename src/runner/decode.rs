@@ -170,6 +170,37 @@ fn gated_matvec(s: &Session, li: usize, a: &QuantizedBatch, next: &AtomicUsize, 
     }
 }
 
+/// The logits of a Q4 head into `logits`, rows claimed from `next`: each claim's halves as two
+/// streams read side by side, in runs of rows per kernel call. (On one Zen 5 core the head
+/// streamed at 32 GB/s as one run; weights far apart stream faster than one sequential run,
+/// `stream_1thread` in benches/kernels.rs.)
+fn head_q4(s: &Session, a: &Q8Blocks, next: &AtomicUsize, logits: &Shared) {
+    let head = &s.w.lm_head;
+    let (mut y0, mut y1) = ([0f32; HEAD_RUN], [0f32; HEAD_RUN]);
+    for range in claims(next, head.rows) {
+        let h = range.len() / 2;
+        for r0 in (range.start..range.start + h).step_by(HEAD_RUN) {
+            let n = (range.start + h - r0).min(HEAD_RUN);
+            let (ya, yb) = (&mut y0[..n], &mut y1[..n]);
+            let streams = [head.stored_rows(r0, n), head.stored_rows(r0 + h, n)];
+            s.kern
+                .dot_q4_rows(streams, head.row_bytes(), a, [&mut *ya, &mut *yb]);
+            for i in 0..n {
+                logits.set(r0 + i, ya[i]);
+                logits.set(r0 + h + i, yb[i]);
+            }
+        }
+        // the odd row
+        if range.len() % 2 == 1 {
+            let r = range.end - 1;
+            let y = &mut y0[..1];
+            s.kern
+                .dot_q4_rows([head.stored_rows(r, 1)], head.row_bytes(), a, [&mut *y]);
+            logits.set(r, y[0]);
+        }
+    }
+}
+
 /// RMSNorm of one token's vector.
 fn norm(x: &[f32], g: &[f32], eps: f32) -> Vec<f32> {
     let mut o = vec![0f32; x.len()];
@@ -329,24 +360,11 @@ pub(super) fn step(s: &mut Session, id: u32) -> Vec<f32> {
         }
         let h = norm(&x, &w.norm, eps);
         let q8 = (w.lm_head.dtype == DType::Q4).then(|| Q8Blocks::new(&h));
-        // a Q4 head in runs of rows per kernel call
-        let mut ys = [0f32; HEAD_RUN];
-        for range in claims(&next[4 * nl], w.lm_head.rows) {
-            for r0 in range.clone().step_by(HEAD_RUN) {
-                let ys = &mut ys[..(range.end - r0).min(HEAD_RUN)];
-                match &q8 {
-                    Some(a) => {
-                        let rows = w.lm_head.stored_rows(r0, ys.len());
-                        st.kern.dot_q4_rows(rows, w.lm_head.row_bytes(), a, ys);
-                    }
-                    None => {
-                        for (i, y) in ys.iter_mut().enumerate() {
-                            *y = head_row(w, st.kern, &h, None, r0 + i);
-                        }
-                    }
-                }
-                for (i, y) in ys.iter().enumerate() {
-                    logits.set(r0 + i, *y);
+        match &q8 {
+            Some(a) => head_q4(st, a, &next[4 * nl], &logits),
+            None => {
+                for r in claims(&next[4 * nl], w.lm_head.rows).flatten() {
+                    logits.set(r, head_row(w, st.kern, &h, None, r));
                 }
             }
         }
