@@ -128,7 +128,7 @@ pub unsafe fn dot_q4_q8_avx512_many<const P: usize>(row: &[u8], a: [&Q8Blocks; P
 /// call with that row alone. The checks and constants are paid once per call instead of once
 /// per row (decode's head has 128 256 rows of 1440 bytes), and each activation load serves
 /// every stream: decode reads its head as two far-apart streams, which one Zen 5 core read
-/// at 39 GB/s against 32 as one run (timed inside a decode step).
+/// at 36–39 GB/s against 32–33 as one run (timed inside a decode step).
 ///
 /// # Safety
 /// As [`dot_q4_q8_avx512`], for every vector; every stream holds the rows `out` asks of it
