@@ -172,8 +172,8 @@ fn gated_matvec(s: &Session, li: usize, a: &QuantizedBatch, next: &AtomicUsize, 
 
 /// The logits of a Q4 head into `logits`, rows claimed from `next`: each claim's halves as two
 /// streams read side by side, in runs of rows per kernel call. (Timed inside a 1-thread decode
-/// step on Zen 5, the head streamed at 32–33 GB/s as one run and 36–39 as two, above the 34 GB/s of
-/// a plain sequential read of one core.)
+/// step on Zen 5, the head streamed at 32–33 GB/s as one run and 36–39 as two, above the
+/// 34 GB/s of a plain sequential read of one core.)
 fn head_q4(s: &Session, a: &Q8Blocks, next: &AtomicUsize, logits: &Shared) {
     let head = &s.w.lm_head;
     let (mut y0, mut y1) = ([0f32; HEAD_RUN], [0f32; HEAD_RUN]);
