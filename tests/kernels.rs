@@ -285,7 +285,7 @@ proptest! {
             }
             // runs of rows of two streams through one call (decode's head): each the bits of a
             // call alone
-            let rows: Vec<u8> = (0..10u8).flat_map(|i| row.iter().map(move |b| b ^ (i * 37))).collect();
+            let rows: Vec<u8> = (0..10u8).flat_map(|i| row.iter().map(move |b| b ^ i.wrapping_mul(37))).collect();
             let (x, y) = rows.split_at(5 * rb);
             let (mut gx, mut gy) = (vec![f32::NAN; 5], vec![f32::NAN; 5]);
             kern.dot_q4_rows([x, y], rb, &a, [&mut gx, &mut gy]);

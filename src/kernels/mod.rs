@@ -214,7 +214,7 @@ impl Kernel {
 
     /// [`Kernel::dot_tl`] of two blocks of one length against the same tables (decode takes
     /// every TL block in such pairs): with VBMI each table line is loaded once for both, and
-    /// the two weight streams are read side by side. The tables of a 2560-wide input (55 KiB)
+    /// the two weight streams are read side by side. The tables of a 2560-wide input (54 KiB)
     /// do not fit L1; one Zen 5 core streamed one block at a time at 19 GiB/s, two adjacent
     /// blocks at 19 and two far-apart ones at 28–30 (`cargo bench --bench kernels --
     /// stream_1thread`).
@@ -317,8 +317,13 @@ impl Kernel {
             return unsafe { q4::dot_q4_q8_avx512_rows(streams, row_bytes, [a], out) };
         }
         for (rows, out) in streams.into_iter().zip(out) {
-            for (o, row) in out.iter_mut().zip(rows.chunks(row_bytes.max(1))) {
-                *o = self.dot_q4(row, a);
+            // the lengths the AVX-512 kernel checks
+            assert!(
+                rows.len() >= out.len() * row_bytes,
+                "a stream of too few rows"
+            );
+            for (i, o) in out.iter_mut().enumerate() {
+                *o = self.dot_q4(&rows[i * row_bytes..(i + 1) * row_bytes], a);
             }
         }
     }

@@ -446,9 +446,11 @@ pub mod x86 {
     /// another moves each half's sign bit to bit 5 (and the bit below it, forced per half
     /// once per chunk, to bit 4: the half), one `vpternlogd` merges them into a 6-bit index,
     /// and two `vpermb` look up the signed sums' low and high bytes: about 9 vector
-    /// operations per two groups, where the same kernel on 256-bit registers took 8 per group
-    /// (`tl_blocks_1thread` 29 GiB/s on one Zen 5 core with the weights in L2, streaming
-    /// 24 GiB/s alone and 28 in pairs). Exact: i16 lanes hold 32 groups per half, 64 summed.
+    /// operations per two groups, where the same kernel on 256-bit registers took 8 per group.
+    /// On one Zen 5 core (`tl_blocks_1thread`, weights in L2) 36.6 GiB/s against the 256-bit
+    /// kernel's 29.2; streaming from memory a pair of far-apart blocks 30.3 against 27.8, but
+    /// a block alone 18.7 against 24.4, so decode takes every block in pairs. Exact: i16 lanes
+    /// hold 32 groups per half, 64 summed.
     ///
     /// # Safety
     /// The CPU must support AVX-512 F, BW, VL and VBMI. `block.len()` is a multiple of

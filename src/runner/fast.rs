@@ -21,8 +21,8 @@ pub struct QuantizedBatch {
     k_pad: usize,
     scales: Vec<f32>,
     sums: Vec<i32>,
-    /// TL lookup tables, `chunks · 256` bytes per token (empty unless a TL projection reads
-    /// this input).
+    /// TL lookup tables, `chunks · tl_lut_layout().chunk_bytes()` bytes per token (empty unless
+    /// a TL projection reads this input).
     lut: Vec<u8>,
     lut_len: usize,
 }
@@ -74,7 +74,7 @@ impl QuantizedBatch {
 
     /// [`QuantizedBatch::for_layers`] into this batch's buffers: decode refills one batch per
     /// phase for every layer instead of allocating and zeroing (a down projection's tables
-    /// are 147 KiB) 120 times a token, ~0.5% of a one-thread step.
+    /// are 144 KiB) 120 times a token, ~0.5% of a one-thread step.
     pub fn refill(&mut self, x: &[f32], k: usize, kern: Kernel, ls: &[&Linear]) {
         self.quantize(x, k);
         let lookup = self.tokens() <= TL_LUT_TOKENS;
@@ -315,6 +315,8 @@ pub(super) fn unit_rows_pair(
 ) -> [(usize, usize); 2] {
     let [y0, y1] = ys;
     let [(l0, u0), (l1, u1)] = units;
+    // gate and up of mixed layouts are refused at load; matvec pairs only all-TL projections
+    debug_assert_eq!(l0.dtype, l1.dtype, "a pair of one layout");
     if l0.dtype != DType::TL {
         return [
             unit_rows(kern, l0, a, tok, u0, y0),
