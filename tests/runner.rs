@@ -183,22 +183,16 @@ fn fast_runner_matches_reference_on_every_kernel_path() {
                 // the barrier's yield path and uneven claims; 9, more than twice the fixtures' 4
                 // query heads, threads whose share of heads is empty inside a kv head's group)
                 for threads in [1, 3, 9] {
-                    let pool = rayon::ThreadPoolBuilder::new()
-                        .num_threads(threads)
-                        .build()
-                        .unwrap();
-                    let mut s = Session::new(&w, kern);
-                    for (pos, &id) in g.ids.iter().enumerate() {
-                        let got = pool.install(|| s.forward(&[id], false)).unwrap();
-                        let d = max_abs(&got[0], &want[pos]);
+                    let decoded = decode_in_pool(&w, kern, &g.ids, threads);
+                    for (pos, got) in decoded.iter().enumerate() {
+                        let d = max_abs(got, &want[pos]);
                         assert!(
                             d <= 1e-4,
                             "{dir} {}: decode position {pos} differs by {d}",
                             kern.name()
                         );
-                        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                         assert!(
-                            bits(&got[0]) == bits(&batched[pos]),
+                            bits(got) == bits(&batched[pos]),
                             "{dir} {} {threads} threads: decode position {pos} is not bit-identical to the batch",
                             kern.name()
                         );
@@ -207,6 +201,24 @@ fn fast_runner_matches_reference_on_every_kernel_path() {
             }
         }
     }
+}
+
+/// The bits of `v`, for exact comparisons.
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+/// `ids` decoded one token at a time through the KV cache in a pool of `threads` threads: each
+/// position's logits.
+fn decode_in_pool(w: &Weights, kern: Kernel, ids: &[u32], threads: usize) -> Vec<Vec<f32>> {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap();
+    let mut s = Session::new(w, kern);
+    ids.iter()
+        .map(|&id| pool.install(|| s.forward(&[id], false)).unwrap().remove(0))
+        .collect()
 }
 
 /// A Q4 head's logits of every position (one pass over the head for four positions at a time,
@@ -232,16 +244,10 @@ fn q4_head_batched_logits_are_the_decode_bits() {
             // decode's head claims rows in halves plus an odd row: 3 threads give odd claims
             // longer than one row
             for threads in [1, 3, 9] {
-                let pool = rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .build()
-                    .unwrap();
-                let mut s = Session::new(&w, kern);
-                for (pos, &id) in ids.iter().enumerate() {
-                    let got = pool.install(|| s.forward(&[id], false)).unwrap();
-                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                let decoded = decode_in_pool(&w, kern, ids, threads);
+                for (pos, got) in decoded.iter().enumerate() {
                     assert!(
-                        bits(&got[0]) == bits(&batched[pos]),
+                        bits(got) == bits(&batched[pos]),
                         "{dir} {} at {threads} threads: position {pos} of the batch is not \
                          decode's bits",
                         kern.name()
@@ -393,7 +399,6 @@ fn concurrent_decoding_sessions_agree() {
     let w = Weights::load(&f).unwrap();
     let ids = &goldens(dir)[0].ids;
     let kern = *Kernel::all_available().last().unwrap();
-    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
     let want: Vec<_> = Session::new(&w, kern)
         .forward(ids, true)
         .unwrap()
@@ -527,7 +532,6 @@ proptest::proptest! {
             for h in 0..g {
                 let mut alone = vec![0f32; hd];
                 attend(&qs[h * hd..][..hd], kv, n, scale, &mut alone);
-                let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
                 proptest::prop_assert_eq!(
                     bits(&grouped[h * hd..][..hd]), bits(&alone), "{} head {}", kern.name(), h
                 );
