@@ -86,14 +86,16 @@ impl Drop for PoisonOnPanic<'_> {
     }
 }
 
-/// Hands out `0..n` in ranges to whichever thread asks first, each a share of what is left
-/// (`left / threads`, at least 1): long contiguous ranges first, so each thread streams long
-/// runs of rows, and short ones at the end, so the threads finish together. Fixed chunks were
-/// measured worse: 8 KiB of rows per claim gave 10–12 tokens/s at 2 threads, 32 KiB 15, and
-/// 1 MiB 18, because interleaving short chunks between two cores breaks the hardware's
-/// sequential streams. On Zen 5, `left / threads` (claims of a half, a quarter, …) decoded
-/// 63–65 tokens/s at 2 threads against 59 for `left / 2·threads`, and a fixed half each the
-/// same as `left / threads`, which still balances a thread that falls behind.
+/// Hands out `0..n` in claims of `n / threads` (rounded up) to whichever thread asks first:
+/// one long contiguous range per thread, so each core streams long runs and decode's pairs (a
+/// claim's halves) lie far apart; a thread that comes late finds its share taken by one that
+/// finished early. Small claims were measured worse: 8 KiB of rows per claim gave 10–12
+/// tokens/s at 2 threads, 32 KiB 15, and 1 MiB 18 (interleaving short chunks between two cores
+/// breaks the hardware's sequential streams). Shares of what is left (`left / threads`: a
+/// half, a quarter, …) decoded 63–65 tokens/s on Zen 5 at 2 threads against 59 for
+/// `left / 2·threads`; since TL blocks go in pairs, equal shares beat `left / threads` in ten
+/// of ten alternating pairs (TL q4 at 2 threads, +1–3%: the second thread's pairs had lain
+/// half as far apart), and T2 measured the same.
 fn claims(next: &AtomicUsize, n: usize) -> impl Iterator<Item = Range<usize>> + '_ {
     let threads = rayon::current_num_threads();
     std::iter::from_fn(move || {
@@ -102,7 +104,7 @@ fn claims(next: &AtomicUsize, n: usize) -> impl Iterator<Item = Range<usize>> + 
             if cur >= n {
                 return None;
             }
-            let end = cur + ((n - cur) / threads).max(1);
+            let end = (cur + n.div_ceil(threads)).min(n);
             match next.compare_exchange_weak(cur, end, Ordering::Relaxed, Ordering::Relaxed) {
                 Ok(_) => return Some(cur..end),
                 Err(now) => cur = now,
