@@ -67,6 +67,14 @@ proptest! {
             let got = kern.dot_t2_offset_4x4([&rows[0], &rows[1], &rows[2], &rows[3]], [&rot[0], &rot[1], &rot[2], &rot[3]]);
             prop_assert_eq!(got.iter().map(|r| r.to_vec()).collect::<Vec<_>>(), want4.clone(), "{} 4x4", kern.name());
         }
+        // runs of rows of two streams through one call (decode): each the value of a call alone
+        let (x, y): (Vec<u8>, Vec<u8>) = (rows[..2].concat(), rows[2..].concat());
+        for kern in Kernel::all_available() {
+            let (mut gx, mut gy) = ([i32::MIN; 2], [i32::MIN; 2]);
+            kern.dot_t2_offset_rows([&x, &y], row.len(), &act, [&mut gx, &mut gy]);
+            let want: Vec<i32> = rows.iter().map(|r| scalar::dot_t2_offset(r, &act)).collect();
+            prop_assert_eq!([gx, gy].concat(), want, "{} rows", kern.name());
+        }
         let mut back = vec![0i8; k];
         unpack_t2_row(&row, &mut back);
         prop_assert_eq!(back, codes);

@@ -130,6 +130,35 @@ impl Kernel {
         }
     }
 
+    /// [`Kernel::dot_t2_offset`] of the consecutive rows (`row_bytes` each) of `R` streams, read
+    /// side by side, into `out[s]`, one per row (decode reads two far-apart runs of rows per
+    /// call on AVX-512; elsewhere a call per row).
+    #[inline]
+    pub fn dot_t2_offset_rows<const R: usize>(
+        self,
+        streams: [&[u8]; R],
+        row_bytes: usize,
+        act: &[i8],
+        out: [&mut [i32]; R],
+    ) {
+        if let Path::Avx512 = self.0 {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: a `Kernel` holding this path exists only if the CPU has it; the function
+            // checks the lengths it relies on.
+            return unsafe { x86::dot_t2_offset_rows_avx512(streams, row_bytes, act, out) };
+        }
+        for (rows, out) in streams.into_iter().zip(out) {
+            // the lengths the AVX-512 kernel checks
+            assert!(
+                rows.len() >= out.len() * row_bytes,
+                "a stream of too few rows"
+            );
+            for (i, o) in out.iter_mut().enumerate() {
+                *o = self.dot_t2_offset(&rows[i * row_bytes..(i + 1) * row_bytes], act);
+            }
+        }
+    }
+
     /// `dot_t2_offset` of one row against four activation vectors at once.
     #[inline]
     pub fn dot_t2_offset_x4(self, row: &[u8], act: [&[i8]; 4]) -> [i32; 4] {

@@ -263,6 +263,62 @@ pub unsafe fn dot_t2_offset_avx512(row: &[u8], act: &[i8]) -> i32 {
     _mm512_reduce_add_epi32(s)
 }
 
+/// [`dot_t2_offset_avx512`] of the consecutive rows (`row_bytes` each) of `R` streams read side
+/// by side against one activation vector: row `i` of stream `s` into `out[s][i]` (integer
+/// sums: the same values as a call per row). Each activation load serves every stream, and
+/// decode reads two far-apart streams per thread, which one Zen 5 core streams faster than one
+/// run (the Q4 head: 36–38 GB/s against 32–33).
+///
+/// # Safety
+/// The CPU must support AVX-512 F, BW and VNNI. `act` holds `4 · row_bytes` values and every
+/// stream the rows `out` asks of it (checked).
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+// row `i` indexes the row offset of every stream and every stream's output
+#[allow(clippy::needless_range_loop)]
+pub unsafe fn dot_t2_offset_rows_avx512<const R: usize>(
+    streams: [&[u8]; R],
+    row_bytes: usize,
+    act: &[i8],
+    out: [&mut [i32]; R],
+) {
+    let n = out.first().map_or(0, |o| o.len());
+    assert!(out.iter().all(|o| o.len() == n));
+    assert!(streams.iter().all(|s| s.len() >= n * row_bytes));
+    assert!(act.len() >= 4 * row_bytes);
+    let mask = _mm512_set1_epi8(3);
+    let blocks = row_bytes / 64;
+    for i in 0..n {
+        // one accumulator per field and stream, as the one-row kernel
+        let mut acc = [[_mm512_setzero_si512(); 4]; R];
+        for b in 0..blocks {
+            let p = act.as_ptr().add(256 * b);
+            let mut x = [_mm512_setzero_si512(); 4];
+            for (j, x) in x.iter_mut().enumerate() {
+                *x = _mm512_loadu_si512(p.add(64 * j) as *const _);
+            }
+            for s in 0..R {
+                let q = streams[s].as_ptr().add(row_bytes * i + 64 * b);
+                prefetch_ahead(q);
+                let v = _mm512_loadu_si512(q as *const _);
+                let c = [
+                    _mm512_and_si512(v, mask),
+                    _mm512_and_si512(_mm512_srli_epi16::<2>(v), mask),
+                    _mm512_and_si512(_mm512_srli_epi16::<4>(v), mask),
+                    _mm512_and_si512(_mm512_srli_epi16::<6>(v), mask),
+                ];
+                for j in 0..4 {
+                    acc[s][j] = _mm512_dpbusd_epi32(acc[s][j], c[j], x[j]);
+                }
+            }
+        }
+        for s in 0..R {
+            let a = &acc[s];
+            let sum = _mm512_add_epi32(_mm512_add_epi32(a[0], a[1]), _mm512_add_epi32(a[2], a[3]));
+            out[s][i] = _mm512_reduce_add_epi32(sum);
+        }
+    }
+}
+
 /// # Safety
 /// The CPU must support AVX2. `act.len() == 8 * row.len()`, `row.len()` a multiple of 32.
 #[target_feature(enable = "avx2")]

@@ -16,7 +16,9 @@
 //! same attention and activation functions, so decode and a one-token prompt give identical
 //! logits (tests/runner.rs).
 
-use super::fast::{head_row, unit_rows, unit_rows_pair, QuantizedBatch, Session, Shared};
+use super::fast::{
+    head_row, t2_rows_pair, unit_rows, unit_rows_pair, QuantizedBatch, Session, Shared,
+};
 use super::ops::{attend_group, gated, rms_norm, KvHead, RopeAt};
 use super::weights::Linear;
 use crate::format::bnet::DType;
@@ -133,6 +135,7 @@ fn matvec(s: &Session, ls: &[&Linear], a: &QuantizedBatch, next: &AtomicUsize, o
         unreachable!("unit {u} past the projections' {total}")
     };
     let paired = ls.iter().all(|l| l.dtype == DType::TL);
+    let t2 = ls.iter().all(|l| l.dtype == DType::T2);
     let (mut y0, mut y1) = ([0f32; ROWS], [0f32; ROWS]);
     let put = |row0: usize, (r, n): (usize, usize), ys: &[f32; ROWS]| {
         for (i, y) in ys[..n].iter().enumerate() {
@@ -140,13 +143,27 @@ fn matvec(s: &Session, ls: &[&Linear], a: &QuantizedBatch, next: &AtomicUsize, o
         }
     };
     for range in claims(next, total) {
-        let half = if paired { range.len() / 2 } else { 0 };
-        for u in range.start..range.start + half {
+        let half = if paired || t2 { range.len() / 2 } else { 0 };
+        let mut u = range.start;
+        while u < range.start + half {
             let ((la, ua, ra), (lb, ub, rb)) = (locate(u), locate(u + half));
-            let [a_rows, b_rows] =
-                unit_rows_pair(s.kern, [(la, ua), (lb, ub)], a, 0, [&mut y0, &mut y1]);
-            put(ra, a_rows, &y0);
-            put(rb, b_rows, &y1);
+            if t2 {
+                // T2 rows in runs that stay inside one projection in both halves
+                let n = (range.start + half - u)
+                    .min(ROWS)
+                    .min(la.units() - ua)
+                    .min(lb.units() - ub);
+                t2_rows_pair(s.kern, [(la, ua), (lb, ub)], n, a, 0, [&mut y0, &mut y1]);
+                put(ra, (ua, n), &y0);
+                put(rb, (ub, n), &y1);
+                u += n;
+            } else {
+                let [a_rows, b_rows] =
+                    unit_rows_pair(s.kern, [(la, ua), (lb, ub)], a, 0, [&mut y0, &mut y1]);
+                put(ra, a_rows, &y0);
+                put(rb, b_rows, &y1);
+                u += 1;
+            }
         }
         for u in range.start + 2 * half..range.end {
             let (l, lu, row0) = locate(u);
@@ -163,11 +180,26 @@ fn gated_matvec(s: &Session, li: usize, a: &QuantizedBatch, next: &AtomicUsize, 
     let (g, u) = (&layer.gate, &layer.up);
     let act = s.w.activation();
     let (mut gv, mut uv, mut m) = ([0f32; ROWS], [0f32; ROWS], [0f32; ROWS]);
-    for unit in claims(next, g.units()).flatten() {
-        let [(r, n), _] = unit_rows_pair(s.kern, [(g, unit), (u, unit)], a, 0, [&mut gv, &mut uv]);
+    let mut gate = |(r, n): (usize, usize), gv: &[f32; ROWS], uv: &[f32; ROWS]| {
         gated(act, &gv[..n], &uv[..n], &mut m[..n]);
         for (i, y) in m[..n].iter().enumerate() {
             out.set(r + i, *y);
+        }
+    };
+    for range in claims(next, g.units()) {
+        if g.dtype == DType::T2 && u.dtype == DType::T2 {
+            // runs of gate and up rows side by side
+            for r in range.clone().step_by(ROWS) {
+                let n = (range.end - r).min(ROWS);
+                t2_rows_pair(s.kern, [(g, r), (u, r)], n, a, 0, [&mut gv, &mut uv]);
+                gate((r, n), &gv, &uv);
+            }
+            continue;
+        }
+        for unit in range {
+            let [rows, _] =
+                unit_rows_pair(s.kern, [(g, unit), (u, unit)], a, 0, [&mut gv, &mut uv]);
+            gate(rows, &gv, &uv);
         }
     }
 }

@@ -330,6 +330,31 @@ pub(super) fn unit_rows_pair(
     ]
 }
 
+/// Rows `ua .. ua + n` of T2 projection `la` and `ub .. ub + n` of `lb` (one input) against
+/// token `tok`, finished into `ys[0][..n]` and `ys[1][..n]`: the two runs are read side by
+/// side through one kernel call ([`Kernel::dot_t2_offset_rows`]), each row the value of
+/// [`unit_rows`].
+pub(super) fn t2_rows_pair(
+    kern: Kernel,
+    [(la, ua), (lb, ub)]: [(&Linear, usize); 2],
+    n: usize,
+    a: &QuantizedBatch,
+    tok: usize,
+    ys: [&mut [f32; tl::ROWS]; 2],
+) {
+    assert!(la.dtype == DType::T2 && lb.dtype == DType::T2 && la.unit_bytes == lb.unit_bytes);
+    let act = &a.q[tok * a.k_pad..(tok + 1) * a.k_pad];
+    let (mut da, mut db) = ([0i32; tl::ROWS], [0i32; tl::ROWS]);
+    let streams = [la.rows_from(ua, n), lb.rows_from(ub, n)];
+    kern.dot_t2_offset_rows(streams, la.unit_bytes, act, [&mut da[..n], &mut db[..n]]);
+    let [ya, yb] = ys;
+    for (y, (l, d)) in [ya, yb].into_iter().zip([(la, &da), (lb, &db)]) {
+        for (y, &d) in y[..n].iter_mut().zip(d) {
+            *y = l.finish(d - a.sums[tok], a.scales[tok]);
+        }
+    }
+}
+
 /// TL block `u`'s row sums finished into the front of `ys`: its first row and how many rows
 /// it has (32, fewer in a projection's last block).
 #[inline]

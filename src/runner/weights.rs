@@ -22,8 +22,12 @@ pub struct Linear<'a> {
 impl Linear<'_> {
     /// Row `r` of a T2 or B1 projection.
     pub fn row(&self, r: usize) -> &[u8] {
+        self.rows_from(r, 1)
+    }
+    /// Rows `r .. r + n` of a T2 or B1 projection, one after another.
+    pub fn rows_from(&self, r: usize, n: usize) -> &[u8] {
         debug_assert_ne!(self.dtype, DType::TL);
-        &self.data[r * self.unit_bytes..(r + 1) * self.unit_bytes]
+        &self.data[r * self.unit_bytes..(r + n) * self.unit_bytes]
     }
     /// What the kernels compute one at a time: rows, or 32-row blocks for TL.
     pub fn units(&self) -> usize {
