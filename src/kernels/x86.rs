@@ -96,13 +96,7 @@ pub unsafe fn dot_t2_offset_x4_avx512(row: &[u8], act: [&[i8]; 4]) -> [i32; 4] {
     let mask = _mm512_set1_epi8(3);
     let mut acc = [_mm512_setzero_si512(); 4];
     for (b, block) in row.chunks_exact(64).enumerate() {
-        let v = _mm512_loadu_si512(block.as_ptr() as *const _);
-        let c = [
-            _mm512_and_si512(v, mask),
-            _mm512_and_si512(_mm512_srli_epi16::<2>(v), mask),
-            _mm512_and_si512(_mm512_srli_epi16::<4>(v), mask),
-            _mm512_and_si512(_mm512_srli_epi16::<6>(v), mask),
-        ];
+        let c = t2_fields(_mm512_loadu_si512(block.as_ptr() as *const _), mask);
         for t in 0..4 {
             let p = act[t].as_ptr().add(256 * b);
             for (j, cj) in c.iter().enumerate() {
@@ -232,35 +226,28 @@ pub(super) unsafe fn hsum_epi32_avx2(v: __m256i) -> i32 {
     _mm_cvtsi128_si32(s)
 }
 
+/// The four 2-bit fields of 64 T2 bytes as bytes (`mask`: 3 in every byte): field `j` of byte
+/// `m` is element `m + 64j` of the block.
+///
+/// # Safety
+/// Inlined into AVX-512 F/BW code only.
+#[inline(always)]
+unsafe fn t2_fields(v: __m512i, mask: __m512i) -> [__m512i; 4] {
+    [
+        _mm512_and_si512(v, mask),
+        _mm512_and_si512(_mm512_srli_epi16::<2>(v), mask),
+        _mm512_and_si512(_mm512_srli_epi16::<4>(v), mask),
+        _mm512_and_si512(_mm512_srli_epi16::<6>(v), mask),
+    ]
+}
+
 /// # Safety
 /// The CPU must support AVX-512 F, BW and VNNI. Same shape rules as the AVX2 version.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 pub unsafe fn dot_t2_offset_avx512(row: &[u8], act: &[i8]) -> i32 {
-    let mask = _mm512_set1_epi8(3);
-    // one accumulator per field: a single one chained four `vpdpbusd` per block, each waiting
-    // for the last (19.2 GiB/s on one Zen 4 core, L2-resident; 26.3 with four)
-    let mut acc = [_mm512_setzero_si512(); 4];
-    for (block, a) in row.chunks_exact(64).zip(act.chunks_exact(256)) {
-        prefetch_ahead(block.as_ptr());
-        // all 64 bytes: byte m holds elements m + 64j
-        let v = _mm512_loadu_si512(block.as_ptr() as *const _);
-        let c = [
-            _mm512_and_si512(v, mask),
-            _mm512_and_si512(_mm512_srli_epi16::<2>(v), mask),
-            _mm512_and_si512(_mm512_srli_epi16::<4>(v), mask),
-            _mm512_and_si512(_mm512_srli_epi16::<6>(v), mask),
-        ];
-        let p = a.as_ptr();
-        for j in 0..4 {
-            let x = _mm512_loadu_si512(p.add(64 * j) as *const _);
-            acc[j] = _mm512_dpbusd_epi32(acc[j], c[j], x);
-        }
-    }
-    let s = _mm512_add_epi32(
-        _mm512_add_epi32(acc[0], acc[1]),
-        _mm512_add_epi32(acc[2], acc[3]),
-    );
-    _mm512_reduce_add_epi32(s)
+    let mut out = [0];
+    dot_t2_offset_rows_avx512([row], row.len(), act, [&mut out]);
+    out[0]
 }
 
 /// [`dot_t2_offset_avx512`] of the consecutive rows (`row_bytes` each) of `R` streams read side
@@ -288,7 +275,8 @@ pub unsafe fn dot_t2_offset_rows_avx512<const R: usize>(
     let mask = _mm512_set1_epi8(3);
     let blocks = row_bytes / 64;
     for i in 0..n {
-        // one accumulator per field and stream, as the one-row kernel
+        // one accumulator per field and stream: a single one chained four `vpdpbusd` per block,
+        // each waiting for the last (19.2 GiB/s on one Zen 4 core, L2-resident; 26.3 with four)
         let mut acc = [[_mm512_setzero_si512(); 4]; R];
         for b in 0..blocks {
             let p = act.as_ptr().add(256 * b);
@@ -299,13 +287,7 @@ pub unsafe fn dot_t2_offset_rows_avx512<const R: usize>(
             for s in 0..R {
                 let q = streams[s].as_ptr().add(row_bytes * i + 64 * b);
                 prefetch_ahead(q);
-                let v = _mm512_loadu_si512(q as *const _);
-                let c = [
-                    _mm512_and_si512(v, mask),
-                    _mm512_and_si512(_mm512_srli_epi16::<2>(v), mask),
-                    _mm512_and_si512(_mm512_srli_epi16::<4>(v), mask),
-                    _mm512_and_si512(_mm512_srli_epi16::<6>(v), mask),
-                ];
+                let c = t2_fields(_mm512_loadu_si512(q as *const _), mask);
                 for j in 0..4 {
                     acc[s][j] = _mm512_dpbusd_epi32(acc[s][j], c[j], x[j]);
                 }
