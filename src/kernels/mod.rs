@@ -147,16 +147,7 @@ impl Kernel {
             // checks the lengths it relies on.
             return unsafe { x86::dot_t2_offset_rows_avx512(streams, row_bytes, act, out) };
         }
-        for (rows, out) in streams.into_iter().zip(out) {
-            // the lengths the AVX-512 kernel checks
-            assert!(
-                rows.len() >= out.len() * row_bytes,
-                "a stream of too few rows"
-            );
-            for (i, o) in out.iter_mut().enumerate() {
-                *o = self.dot_t2_offset(&rows[i * row_bytes..(i + 1) * row_bytes], act);
-            }
-        }
+        each_row(streams, row_bytes, out, |row| self.dot_t2_offset(row, act));
     }
 
     /// `dot_t2_offset` of one row against four activation vectors at once.
@@ -345,16 +336,7 @@ impl Kernel {
             // checks the lengths it relies on.
             return unsafe { q4::dot_q4_q8_avx512_rows(streams, row_bytes, [a], out) };
         }
-        for (rows, out) in streams.into_iter().zip(out) {
-            // the lengths the AVX-512 kernel checks
-            assert!(
-                rows.len() >= out.len() * row_bytes,
-                "a stream of too few rows"
-            );
-            for (i, o) in out.iter_mut().enumerate() {
-                *o = self.dot_q4(&rows[i * row_bytes..(i + 1) * row_bytes], a);
-            }
-        }
+        each_row(streams, row_bytes, out, |row| self.dot_q4(row, a));
     }
 
     /// [`Kernel::dot_q4`] of one row against `P` vectors, each result with the bits of a call
@@ -378,6 +360,25 @@ impl Kernel {
             // SAFETY: a `Kernel` holding this path exists only if the CPU has it.
             Path::Avx2 | Path::Avx512 => unsafe { x86::dot_b1_ones_avx2(row, act) },
             _ => scalar::dot_b1_ones(row, act),
+        }
+    }
+}
+
+/// `out[s][i] = f(row i of stream s)` (rows of `row_bytes`): the one-row-per-call fallback of
+/// the multi-stream row kernels, with the lengths their SIMD versions check.
+fn each_row<T, const R: usize>(
+    streams: [&[u8]; R],
+    row_bytes: usize,
+    out: [&mut [T]; R],
+    f: impl Fn(&[u8]) -> T,
+) {
+    for (rows, out) in streams.into_iter().zip(out) {
+        assert!(
+            rows.len() >= out.len() * row_bytes,
+            "a stream of too few rows"
+        );
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = f(&rows[i * row_bytes..(i + 1) * row_bytes]);
         }
     }
 }

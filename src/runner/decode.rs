@@ -116,10 +116,11 @@ fn claims(next: &AtomicUsize, n: usize) -> impl Iterator<Item = Range<usize>> + 
 }
 
 /// `ls[i] · a` into `out` (the outputs concatenated), units (rows, or TL blocks) claimed
-/// from `next`. TL blocks go in pairs, each unit of a claim's first half with its twin in the
-/// second: one kernel call reads each table line once for both, and the two weight streams lie
-/// far apart. (A block alone streamed at 19 GiB/s on one Zen 5 core, a pair of far-apart
-/// blocks at 30, adjacent blocks at 19: `cargo bench --bench kernels -- stream_1thread`.)
+/// from `next`. TL blocks and T2 rows go in pairs, each unit of a claim's first half with its
+/// twin in the second, so one kernel call reads two far-apart weight streams (for TL, each
+/// table line once for both; T2 rows in runs of 32). A TL block alone streamed at 19 GiB/s on
+/// one Zen 5 core, a pair of far-apart blocks at 30, adjacent blocks at 19 (`cargo bench
+/// --bench kernels -- stream_1thread`). B1 rows go one at a time.
 fn matvec(s: &Session, ls: &[&Linear], a: &QuantizedBatch, next: &AtomicUsize, out: &Shared) {
     let total = ls.iter().map(|l| l.units()).sum();
     // the projection, its unit and its first output row of unit `u` of the concatenation
@@ -174,7 +175,8 @@ fn matvec(s: &Session, ls: &[&Linear], a: &QuantizedBatch, next: &AtomicUsize, o
 }
 
 /// `act(gate · a) · (up · a)` into `out`, gate and up units claimed together so the product
-/// is formed where both are computed.
+/// is formed where both are computed, through one kernel call for both (T2 in runs of 32
+/// rows).
 fn gated_matvec(s: &Session, li: usize, a: &QuantizedBatch, next: &AtomicUsize, out: &Shared) {
     let layer = &s.w.layers[li];
     let (g, u) = (&layer.gate, &layer.up);
@@ -187,19 +189,18 @@ fn gated_matvec(s: &Session, li: usize, a: &QuantizedBatch, next: &AtomicUsize, 
         }
     };
     for range in claims(next, g.units()) {
-        if g.dtype == DType::T2 && u.dtype == DType::T2 {
-            // runs of gate and up rows side by side
+        if g.dtype == DType::T2 {
             for r in range.clone().step_by(ROWS) {
                 let n = (range.end - r).min(ROWS);
                 t2_rows_pair(s.kern, [(g, r), (u, r)], n, a, 0, [&mut gv, &mut uv]);
                 gate((r, n), &gv, &uv);
             }
-            continue;
-        }
-        for unit in range {
-            let [rows, _] =
-                unit_rows_pair(s.kern, [(g, unit), (u, unit)], a, 0, [&mut gv, &mut uv]);
-            gate(rows, &gv, &uv);
+        } else {
+            for unit in range {
+                let [rows, _] =
+                    unit_rows_pair(s.kern, [(g, unit), (u, unit)], a, 0, [&mut gv, &mut uv]);
+                gate(rows, &gv, &uv);
+            }
         }
     }
 }

@@ -122,8 +122,7 @@ impl<'a> Dense<'a> {
 
     /// The stored bytes of row `r`.
     pub fn stored_row(&self, r: usize) -> &'a [u8] {
-        let n = self.row_bytes();
-        &self.data[r * n..(r + 1) * n]
+        self.stored_rows(r, 1)
     }
 
     /// Rows `r .. r + n` as stored, one after another.
