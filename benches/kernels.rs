@@ -140,8 +140,9 @@ fn projections(c: &mut Criterion, group: &str, tokens: usize, pool: Option<&rayo
 fn tl_blocks(c: &mut Criterion) {
     use bitnet::kernels::tl;
     let mut g = c.benchmark_group("tl_blocks_1thread");
-    // k = 6912 (the down projection): its tables (74 KiB) no longer fit L1 beside the weights
-    for (rows, k) in [(640usize, 2560usize), (224, 6912)] {
+    // k = 6912 (the down projection): its tables (74 KiB) no longer fit L1 beside the weights;
+    // k = 768 (no projection of 2B-4T): tables of 16 KiB that do, for comparison
+    for (rows, k) in [(640usize, 2560usize), (224, 6912), (1024, 768)] {
         let buf = projection(rows, k, DType::TL);
         let data = buf.bytes();
         let chunks = k.div_ceil(tl::CHUNK_COLS);
@@ -197,17 +198,23 @@ fn stream(c: &mut Criterion) {
             })
         });
         // two streams through one call per pair of blocks, as decode's gate and up: the first
-        // and second halves of the data
-        g.bench_function(format!("tl_pair_{}_k{k}", kern.name()), |b| {
-            b.iter(|| {
-                let (x, y) = data.split_at(data.len() / 2);
-                let bl = chunks * tl::CHUNK_BYTES;
-                x.chunks_exact(bl)
-                    .zip(y.chunks_exact(bl))
-                    .map(|(u, v)| kern.dot_tl_pair(u, v, black_box(&lut))[0][0])
-                    .fold(0i32, i32::wrapping_add)
-            })
-        });
+        // and second halves of the data; and the same with 768 columns, whose tables (16 KiB)
+        // stay in L1 where 2560 columns' (54 KiB) come from L2 for every chunk
+        for k in [k, 768] {
+            let chunks = k.div_ceil(tl::CHUNK_COLS);
+            let mut lut = vec![0u8; chunks * kern.tl_lut_layout().chunk_bytes()];
+            kern.tl_lut(&act[..k], chunks, &mut lut);
+            g.bench_function(format!("tl_pair_{}_k{k}", kern.name()), |b| {
+                b.iter(|| {
+                    let (x, y) = data.split_at(data.len() / 2);
+                    let bl = chunks * tl::CHUNK_BYTES;
+                    x.chunks_exact(bl)
+                        .zip(y.chunks_exact(bl))
+                        .map(|(u, v)| kern.dot_tl_pair(u, v, black_box(&lut))[0][0])
+                        .fold(0i32, i32::wrapping_add)
+                })
+            });
+        }
         // pairs of blocks of one stream `d` blocks apart, as decode pairs a claim's halves
         // (adjacent blocks stream as slowly as one alone)
         for d in [1usize, 16] {

@@ -236,7 +236,8 @@ impl Kernel {
     /// every TL block in such pairs): with VBMI each table line is loaded once for both, and
     /// the two weight streams are read side by side. The tables of a 2560-wide input (54 KiB)
     /// do not fit L1; one Zen 5 core streamed one block at a time at 19 GiB/s, two adjacent
-    /// blocks at 19 and two far-apart ones at 28–30 (`cargo bench --bench kernels --
+    /// blocks at 19 and two far-apart ones at 28–30, and far-apart pairs 768 columns wide,
+    /// whose tables (16 KiB) stay in L1, at 38 (`cargo bench --bench kernels --
     /// stream_1thread`).
     #[inline]
     pub fn dot_tl_pair(self, a: &[u8], b: &[u8], lut: &[u8]) -> [[i32; tl::ROWS]; 2] {
