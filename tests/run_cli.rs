@@ -499,6 +499,62 @@ fn runaway_chat_template_is_stopped() {
     assert!(e.to_string().contains("ran out of fuel"), "{e}");
 }
 
+/// `BITNET_PREFETCH` forces how decode prefetches its weights (each mode runs here whatever
+/// this CPU's default): both generate the same text from TL and T2 files, `--bench` reports
+/// the mode, and a value that is not a mode is an error (exit 2) from both binaries.
+#[test]
+fn prefetch_modes_decode_the_same_and_are_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |m: &Path, mode: &str, args: &[&str]| {
+        let o = Command::cargo_bin("bitnet-run")
+            .unwrap()
+            .env("BITNET_PREFETCH", mode)
+            .arg(m)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{mode}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        o.stdout
+    };
+    for layout in ["tl", "t2"] {
+        let m = packed("bitnet-latent", tmp.path(), &["--ternary-layout", layout]);
+        let gen = ["--prompt", "In the beginning", "-n", "12", "--threads", "2"];
+        assert_eq!(run(&m, "l2", &gen), run(&m, "nta", &gen), "{layout}");
+        for mode in ["l2", "nta"] {
+            let bench = [
+                "--bench",
+                "--bench-prompt",
+                "2",
+                "--bench-decode",
+                "2",
+                "--json",
+            ];
+            let r: Value = serde_json::from_slice(&run(&m, mode, &bench)).unwrap();
+            assert_eq!(r["prefetch"], mode, "{layout}");
+        }
+    }
+    let m = tmp.path().join("bitnet-latent.bnet");
+    for bin in ["bitnet-run", "bitnet-verify"] {
+        let o = Command::cargo_bin(bin)
+            .unwrap()
+            .env("BITNET_PREFETCH", "t0")
+            .arg(&m)
+            .args(["--ids", "0"])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{bin}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains("BITNET_PREFETCH=\"t0\" is not a prefetch mode"),
+            "{bin}: {err}"
+        );
+    }
+}
+
 /// `--bench --json` reports the bytes a decode step streams (every packed projection plus the
 /// head, counted here from the index independently; the f32 KV cache, from the config) and a
 /// bandwidth measured on them;

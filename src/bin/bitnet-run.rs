@@ -21,6 +21,7 @@ bitnet-run model.bnet --ids 1,2,3 --dump-logits out.safetensors   f32 logits [po
 bitnet-run model.bnet --ppl held-out.txt --ctx 512          perplexity over a text file\n\
 bitnet-run model.bnet --bench                                prompt and decode tokens/s\n\n\
 The kernel path is the best this CPU has; BITNET_KERNEL=scalar|avx2|avx512 forces one.\n\
+Decode prefetches its weights into L2, or with prefetchnta on Zen 5; BITNET_PREFETCH=l2|nta forces one.\n\
 Exit codes: 0 success, 2 error."
 )]
 struct Args {
@@ -120,10 +121,10 @@ fn run(a: Args) -> Result<()> {
             println!("{}", serde_json::to_string_pretty(&r)?);
         } else {
             println!(
-                "kernel {}, {} threads: prompt {} tokens at {:.1} tokens/s, decode {} tokens at {:.1} tokens/s\n\
+                "kernel {} (prefetch {}), {} threads: prompt {} tokens at {:.1} tokens/s, decode {} tokens at {:.1} tokens/s\n\
                  decode reads {:.3} GB of weights and {:.3} GB of KV cache per token: {:.2} GB/s, \
                  {:.0}% of the {:.2} GB/s this process can read the weights at",
-                r.kernel, r.threads, r.prompt_tokens, r.prompt_tokens_per_s, r.decode_tokens,
+                r.kernel, r.prefetch, r.threads, r.prompt_tokens, r.prompt_tokens_per_s, r.decode_tokens,
                 r.decode_tokens_per_s, r.weight_bytes_per_decode_token as f64 / 1e9,
                 r.kv_cache_bytes_per_decode_token as f64 / 1e9, r.decode_gb_per_s,
                 100.0 * r.decode_share_of_bandwidth, r.read_bandwidth_gb_per_s

@@ -18,7 +18,8 @@ use std::process::ExitCode;
 sequence: the prompt, then --tokens greedy tokens of the reference. Reports max |delta logit|, KL divergence, \
 top-1 agreement, top-5 overlap and RMS delta-p per position and in summary, and whether the greedy \
 continuations are identical.\n\nExit codes: 0 within tolerance, 1 outside, 2 error.\n\
-The kernel path is the best this CPU has; BITNET_KERNEL=scalar|avx2|avx512 forces one."
+The kernel path is the best this CPU has; BITNET_KERNEL=scalar|avx2|avx512 forces one.\n\
+Decode prefetches its weights into L2, or with prefetchnta on Zen 5; BITNET_PREFETCH=l2|nta forces one."
 )]
 struct Args {
     /// The .bnet model

@@ -95,6 +95,9 @@ impl Kernel {
     /// The path for this process: `BITNET_KERNEL` if set (an unknown or unavailable value is
     /// an error, never a silent fallback), else the best the CPU supports.
     pub fn selected() -> Result<Kernel, String> {
+        // the prefetch mode's variable is checked here too, so a bad value is reported
+        #[cfg(target_arch = "x86_64")]
+        x86::Prefetch::selected()?;
         static SEL: OnceLock<Result<Kernel, String>> = OnceLock::new();
         SEL.get_or_init(|| match std::env::var_os("BITNET_KERNEL") {
             Some(v) => {
@@ -110,6 +113,15 @@ impl Kernel {
             None => Ok(*Kernel::all_available().last().expect("scalar always")),
         })
         .clone()
+    }
+
+    /// How the decode kernels prefetch their weight streams (`BITNET_PREFETCH`, see
+    /// `x86::Prefetch`): `l2` or `nta`, `none` off x86-64.
+    pub fn prefetch_name(self) -> &'static str {
+        #[cfg(target_arch = "x86_64")]
+        return x86::Prefetch::selected().map_or("l2", |p| p.name());
+        #[cfg(not(target_arch = "x86_64"))]
+        "none"
     }
 
     /// Σ code·a over a T2 row, where code ∈ {0, 1, 2} (weight + 1); the caller subtracts Σa.

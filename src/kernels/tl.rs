@@ -26,16 +26,6 @@ pub const CHUNK_BYTES: usize = 160;
 pub const LUT_CHUNK_BYTES: usize = 256;
 /// Chunks whose i16 sums fit before widening (8 chunks = 64 groups).
 const WIDEN_EVERY: usize = 8;
-/// How far ahead of its weight streams the VBMI decode kernel prefetches, with `prefetchnta`.
-/// Its tables (54 KiB for a 2560-wide input) and a call's two blocks (34 KiB) do not fit a
-/// 48 KiB L1 together, and weights prefetched into L2 then loaded into L1 evicted the tables
-/// before their next use: one Zen 5 core streamed far-apart pairs 2560 wide at 30 GiB/s, and
-/// 768 wide (tables and blocks 26 KiB) at 38–39. Non-temporal prefetches bring the weights
-/// into L1 as lines to evict first, so the tables stay: 2560 wide 35–36 GiB/s at 6 KiB ahead
-/// (33.4 at 4 KiB, 26.5 at 2, 33.9 at 8, 31.2 at 16; `cargo bench --bench kernels --
-/// stream_1thread/tl_pair`), and TL q4 decode at one thread 46.1–46.7 → 53.9–54.5 tokens/s.
-/// The AVX2 kernel (half the table bytes, and bound by its arithmetic) keeps `prefetcht1`.
-const NTA_BYTES: usize = 6144;
 
 /// Pattern `i` (0 … 13) as balanced-ternary digits: `i = 9·d0 + 3·d1 + d2`.
 pub const DIGITS: [[i8; 3]; 14] = [
@@ -220,7 +210,7 @@ pub fn block_to_t2_scalar(block: &[u8], k: usize, out: &mut [u8]) {
 #[cfg(target_arch = "x86_64")]
 pub mod x86 {
     use super::*;
-    use crate::kernels::x86::prefetch;
+    use crate::kernels::x86::prefetch_stream;
     use std::arch::x86_64::*;
 
     /// `$m!(0); … $m!(7);`: a chunk's eight groups, each with its shift as a literal.
@@ -270,7 +260,7 @@ pub mod x86 {
             let end = (c + WIDEN_EVERY).min(chunks);
             let (mut a0, mut a1, mut negs) = (zero, zero, zero);
             for cc in c..end {
-                let (p, signs) = chunk_at::<false>(block, cc);
+                let (p, signs) = chunk_at(block, cc);
                 macro_rules! group {
                     ($g:literal) => {{
                         let (idx, m) = index_and_sign!(p, signs, $g, m4, zero);
@@ -505,7 +495,7 @@ pub mod x86 {
                 // 4 or 5): majority(s, 0x55, upper)
                 let mut sg = [z; N];
                 for n in 0..N {
-                    let (q, s) = chunk_at::<true>(blocks[n], cc);
+                    let (q, s) = chunk_at(blocks[n], cc);
                     p[n] = q;
                     sg[n] =
                         _mm512_ternarylogic_epi32::<0xE8>(_mm512_broadcast_i64x4(s), evens, upper);
@@ -593,22 +583,11 @@ pub mod x86 {
         }
     }
 
-    /// Chunk `cc` of `block` and its 32 sign bytes, prefetching the weights ahead of it: into
-    /// L2 `PREFETCH_BYTES` ahead (`NTA` false), or with `prefetchnta` [`NTA_BYTES`] ahead.
+    /// Chunk `cc` of `block` (prefetching the weights ahead of it) and its 32 sign bytes.
     #[inline(always)]
-    unsafe fn chunk_at<const NTA: bool>(block: &[u8], cc: usize) -> (*const u8, __m256i) {
+    unsafe fn chunk_at(block: &[u8], cc: usize) -> (*const u8, __m256i) {
         let p = block.as_ptr().add(cc * CHUNK_BYTES);
-        if NTA {
-            let ahead = p.wrapping_add(NTA_BYTES);
-            for off in (0..CHUNK_BYTES).step_by(64) {
-                _mm_prefetch::<_MM_HINT_NTA>(ahead.wrapping_add(off) as *const i8);
-            }
-        } else {
-            prefetch(
-                p.wrapping_add(super::super::x86::PREFETCH_BYTES),
-                CHUNK_BYTES,
-            );
-        }
+        prefetch_stream(p, CHUNK_BYTES);
         (p, _mm256_loadu_si256(p as *const __m256i))
     }
 

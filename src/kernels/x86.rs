@@ -6,6 +6,7 @@
 //! instruction into i32 lanes.
 
 use std::arch::x86_64::*;
+use std::sync::OnceLock;
 
 /// The 2-bit codes of field `j` of 32 packed bytes, as bytes 0..=2.
 #[inline(always)]
@@ -189,10 +190,93 @@ pub fn prefetch(p: *const u8, bytes: usize) {
     }
 }
 
-/// Prefetches the cache line `PREFETCH_BYTES` past `p`.
+/// How far ahead of the weight stream [`Prefetch::Nta`] prefetches. On Zen 5 a weight line
+/// prefetched into L2 and then loaded into L1 takes L1's space and, in the TL kernel, evicted
+/// the tables before their next use (a 2560-wide input's 54 KiB of tables and a call's two
+/// blocks, 34 KiB, overflow the 48 KiB L1 together); a non-temporal prefetch brings the line
+/// into L1 as one to evict first. One Zen 5 core streamed far-apart TL pairs 2560 wide at
+/// 35–36 GiB/s against 30 (6 KiB ahead; 4 KiB 33.4, 2 KiB 26.5, 8 KiB 33.9, 16 KiB 31.2;
+/// `cargo bench --bench kernels -- stream_1thread/tl_pair`), and at one thread TL q4 decode
+/// went from 46.1–47.8 to 53.2–54.5 tokens/s, T2 q4 (its rows and the Q4 head) from 41.9–42.7
+/// to 45.1–48.3 (four alternating pairs); at two threads, memory-bound, within the noise.
+pub const NTA_BYTES: usize = 6144;
+
+/// How the decode kernels prefetch their weight streams, chosen once per process:
+/// `BITNET_PREFETCH=l2|nta`, else [`Prefetch::Nta`] on AMD family 1Ah (Zen 5), where it was
+/// measured faster, and [`Prefetch::L2`] elsewhere (measured best on Zen 3 and Zen 4, where
+/// prefetching into L1 with `prefetcht0` had capped a core's stream).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Prefetch {
+    /// `prefetcht1`, [`PREFETCH_BYTES`] ahead.
+    L2,
+    /// `prefetchnta`, [`NTA_BYTES`] ahead.
+    Nta,
+}
+
+impl Prefetch {
+    /// The name `BITNET_PREFETCH` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Prefetch::L2 => "l2",
+            Prefetch::Nta => "nta",
+        }
+    }
+
+    /// This process's mode: `BITNET_PREFETCH` if set (anything but `l2` or `nta` is an
+    /// error), else this CPU's default.
+    pub fn selected() -> Result<Prefetch, String> {
+        prefetch_mode().clone()
+    }
+}
+
+/// [`Prefetch::selected`], read once.
+#[inline(always)]
+fn prefetch_mode() -> &'static Result<Prefetch, String> {
+    static SEL: OnceLock<Result<Prefetch, String>> = OnceLock::new();
+    SEL.get_or_init(|| match std::env::var_os("BITNET_PREFETCH") {
+        Some(v) => match v.to_string_lossy().as_ref() {
+            "l2" => Ok(Prefetch::L2),
+            "nta" => Ok(Prefetch::Nta),
+            v => Err(format!(
+                "BITNET_PREFETCH={v:?} is not a prefetch mode; use l2 or nta"
+            )),
+        },
+        None if zen5_or_later() => Ok(Prefetch::Nta),
+        None => Ok(Prefetch::L2),
+    })
+}
+
+/// Whether this is an AMD CPU of family 1Ah (Zen 5) or later.
+fn zen5_or_later() -> bool {
+    let v = __cpuid(0);
+    // "AuthenticAMD" in ebx, edx, ecx
+    let amd = (v.ebx, v.edx, v.ecx) == (0x6874_7541, 0x6974_6e65, 0x444d_4163);
+    let eax = __cpuid(1).eax;
+    let base = (eax >> 8) & 0xF;
+    let family = base + if base == 0xF { (eax >> 20) & 0xFF } else { 0 };
+    amd && family >= 0x1A
+}
+
+/// Prefetches the `bytes` bytes of a weight stream that lie the chosen distance past `p`
+/// ([`Prefetch`]; an invalid `BITNET_PREFETCH` reads as `l2` here, and is reported by
+/// `Kernel::selected`).
+#[inline(always)]
+pub fn prefetch_stream(p: *const u8, bytes: usize) {
+    if matches!(prefetch_mode(), Ok(Prefetch::Nta)) {
+        let ahead = p.wrapping_add(NTA_BYTES);
+        for off in (0..bytes).step_by(64) {
+            // SAFETY: as in `prefetch`.
+            unsafe { _mm_prefetch::<_MM_HINT_NTA>(ahead.wrapping_add(off) as *const i8) }
+        }
+    } else {
+        prefetch(p.wrapping_add(PREFETCH_BYTES), bytes);
+    }
+}
+
+/// Prefetches the weight stream's cache line ahead of `p` ([`prefetch_stream`]).
 #[inline(always)]
 pub fn prefetch_ahead(p: *const u8) {
-    prefetch(p.wrapping_add(PREFETCH_BYTES), 1);
+    prefetch_stream(p, 1);
 }
 
 /// 64 bytes from `p` (any alignment) as two 256-bit loads, in inline assembly so that LLVM

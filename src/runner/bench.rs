@@ -15,6 +15,8 @@ use std::time::Instant;
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct BenchReport {
     pub kernel: &'static str,
+    /// How decode prefetched its weights (`BITNET_PREFETCH`: `l2` or `nta`).
+    pub prefetch: &'static str,
     pub threads: usize,
     pub prompt_tokens: usize,
     pub prompt_tokens_per_s: f64,
@@ -107,6 +109,7 @@ pub fn run(w: &Weights, kern: Kernel, prompt: usize, decode: usize) -> Result<Be
     let all = (per_token * decode as u64 + kv) as f64 / tg / 1e9;
     Ok(BenchReport {
         kernel: kern.name(),
+        prefetch: kern.prefetch_name(),
         threads: rayon::current_num_threads(),
         prompt_tokens: prompt,
         prompt_tokens_per_s: prompt as f64 / pp,
