@@ -80,7 +80,7 @@ impl Kernel {
         PATHS
             .iter()
             .find(|(p, n)| *n == name && p.available())
-            .map(|(p, _)| Kernel(*p))
+            .map(|(p, _)| Kernel::of(*p))
     }
 
     /// Every path this CPU can run, best last.
@@ -88,8 +88,16 @@ impl Kernel {
         PATHS
             .iter()
             .filter(|(p, _)| p.available())
-            .map(|(p, _)| Kernel(*p))
+            .map(|(p, _)| Kernel::of(*p))
             .collect()
+    }
+
+    /// The kernel of path `p` (available on this CPU); settles the process's prefetch mode
+    /// first, so the kernels read it as a plain flag.
+    fn of(p: Path) -> Kernel {
+        #[cfg(target_arch = "x86_64")]
+        let _ = x86::prefetch_mode();
+        Kernel(p)
     }
 
     /// The path for this process: `BITNET_KERNEL` if set (an unknown or unavailable value is

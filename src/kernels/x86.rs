@@ -6,6 +6,7 @@
 //! instruction into i32 lanes.
 
 use std::arch::x86_64::*;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
 /// The 2-bit codes of field `j` of 32 packed bytes, as bytes 0..=2.
@@ -229,20 +230,29 @@ impl Prefetch {
     }
 }
 
-/// [`Prefetch::selected`], read once.
-#[inline(always)]
-fn prefetch_mode() -> &'static Result<Prefetch, String> {
+/// Whether the kernels prefetch with `prefetchnta`: a plain flag, set once by
+/// [`prefetch_mode`] when the first `Kernel` is made. The kernels read it per weight line, and
+/// reading the `OnceLock` there instead (a call on its cold path, which keeps every vector
+/// register spilled around it) had cost 7% of a TL q4 decode step.
+static NTA: AtomicBool = AtomicBool::new(false);
+
+/// [`Prefetch::selected`], read once; sets [`NTA`].
+pub(super) fn prefetch_mode() -> &'static Result<Prefetch, String> {
     static SEL: OnceLock<Result<Prefetch, String>> = OnceLock::new();
-    SEL.get_or_init(|| match std::env::var_os("BITNET_PREFETCH") {
-        Some(v) => match v.to_string_lossy().as_ref() {
-            "l2" => Ok(Prefetch::L2),
-            "nta" => Ok(Prefetch::Nta),
-            v => Err(format!(
-                "BITNET_PREFETCH={v:?} is not a prefetch mode; use l2 or nta"
-            )),
-        },
-        None if zen5_or_later() => Ok(Prefetch::Nta),
-        None => Ok(Prefetch::L2),
+    SEL.get_or_init(|| {
+        let mode = match std::env::var_os("BITNET_PREFETCH") {
+            Some(v) => match v.to_string_lossy().as_ref() {
+                "l2" => Ok(Prefetch::L2),
+                "nta" => Ok(Prefetch::Nta),
+                v => Err(format!(
+                    "BITNET_PREFETCH={v:?} is not a prefetch mode; use l2 or nta"
+                )),
+            },
+            None if zen5_or_later() => Ok(Prefetch::Nta),
+            None => Ok(Prefetch::L2),
+        };
+        NTA.store(mode == Ok(Prefetch::Nta), Ordering::Relaxed);
+        mode
     })
 }
 
@@ -258,11 +268,11 @@ fn zen5_or_later() -> bool {
 }
 
 /// Prefetches the `bytes` bytes of a weight stream that lie the chosen distance past `p`
-/// ([`Prefetch`]; an invalid `BITNET_PREFETCH` reads as `l2` here, and is reported by
-/// `Kernel::selected`).
+/// ([`Prefetch`]; `l2` until the first `Kernel` is made, and for an invalid
+/// `BITNET_PREFETCH`, which `Kernel::selected` reports).
 #[inline(always)]
 pub fn prefetch_stream(p: *const u8, bytes: usize) {
-    if matches!(prefetch_mode(), Ok(Prefetch::Nta)) {
+    if NTA.load(Ordering::Relaxed) {
         let ahead = p.wrapping_add(NTA_BYTES);
         for off in (0..bytes).step_by(64) {
             // SAFETY: as in `prefetch`.
