@@ -159,20 +159,21 @@ fn quantized_as_defined(
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(100))]
 
-    /// A float or int8 head row against four vectors at once gives, on every path, the bits of
-    /// four single dot products (the batched lm_head must not change any logit), and the
-    /// single product is the definition up to f32 summation order.
+    /// A float or int8 head row against four vectors at once, and two rows against one vector
+    /// (decode's two streams), give on every path the bits of single dot products (neither the
+    /// batched nor the decoded lm_head may change any logit), and the single product is the
+    /// definition up to f32 summation order.
     #[test]
     fn float_row_many_equals_singles(
         n in 1usize..300,
         vals in proptest::collection::vec(-4.0f32..4.0, 5 * 300),
     ) {
         use bitnet::format::bnet::DType;
-        use bitnet::kernels::float::{dot_row, dot_row_many};
-        let w = &vals[..n];
+        use bitnet::kernels::float::{dot_row, dot_row_many, dot_rows};
         let hs: Vec<&[f32]> = (1..5).map(|p| &vals[p * 300..p * 300 + n]).collect();
         for dtype in [DType::BF16, DType::F16, DType::F32, DType::I8] {
-            let (row, wq): (Vec<u8>, Vec<f64>) = match dtype {
+            // a row's bytes and its values
+            let encode = |w: &[f32]| -> (Vec<u8>, Vec<f64>) { match dtype {
                 DType::BF16 => (
                     w.iter().flat_map(|&v| half::bf16::from_f32(v).to_le_bytes()).collect(),
                     w.iter().map(|&v| half::bf16::from_f32(v).to_f64()).collect(),
@@ -189,8 +190,14 @@ proptest! {
                     w.iter().map(|&v| (v * 30.0) as i8 as u8).collect(),
                     w.iter().map(|&v| (v * 30.0) as i8 as f64).collect(),
                 ),
-            };
+            } };
+            let (row, wq) = encode(&vals[..n]);
+            let (row2, _) = encode(hs[3]);
             for kern in Kernel::all_available() {
+                let pair = dot_rows(kern, dtype, [&row, &row2], hs[0]);
+                for (y, r) in pair.iter().zip([&row, &row2]) {
+                    prop_assert_eq!(y.to_bits(), dot_row(kern, dtype, r, hs[0]).to_bits(), "{:?} {} rows", dtype, kern.name());
+                }
                 let many = dot_row_many(kern, dtype, &row, [hs[0], hs[1], hs[2], hs[3]]);
                 for (p, h) in hs.iter().enumerate() {
                     let one = dot_row(kern, dtype, &row, h);

@@ -221,37 +221,43 @@ fn decode_in_pool(w: &Weights, kern: Kernel, ids: &[u32], threads: usize) -> Vec
         .collect()
 }
 
-/// A Q4 head's logits of every position (one pass over the head for four positions at a time,
-/// as `--ppl` and verify read them) are bit-identical to decoding token by token, on every path.
+/// A Q4 or int8 head's logits of every position (one pass over the head for four positions at
+/// a time, as `--ppl` and verify read them) are bit-identical to decoding token by token, which
+/// reads the head as two streams, on every path.
 #[test]
-fn q4_head_batched_logits_are_the_decode_bits() {
+fn stored_head_batched_logits_are_the_decode_bits() {
     let tmp = tempfile::tempdir().unwrap();
-    let opts = PackOptions {
-        lm_head: bitnet::pack::StoreAs::Q4,
-        ..Default::default()
-    };
-    for dir in ["bitnet-latent", "llama-bitlinear-256"] {
-        let f = BnetFile::open(&packed_with(dir, tmp.path(), &opts)).unwrap();
-        let w = Weights::load(&f).unwrap();
-        assert_eq!(w.lm_head.dtype, DType::Q4);
-        let ids = &goldens(dir)[0].ids;
-        assert!(
-            ids.len() >= 5,
-            "the prompt takes a group of four and a remainder"
-        );
-        for kern in Kernel::all_available() {
-            let batched = Session::new(&w, kern).forward(ids, true).unwrap();
-            // decode's head claims rows in halves plus an odd row: 3 threads give odd claims
-            // longer than one row
-            for threads in [1, 3, 9] {
-                let decoded = decode_in_pool(&w, kern, ids, threads);
-                for (pos, got) in decoded.iter().enumerate() {
-                    assert!(
-                        bits(got) == bits(&batched[pos]),
-                        "{dir} {} at {threads} threads: position {pos} of the batch is not \
+    for (store, dtype) in [
+        (bitnet::pack::StoreAs::Q4, DType::Q4),
+        (bitnet::pack::StoreAs::I8, DType::I8),
+    ] {
+        let opts = PackOptions {
+            lm_head: store,
+            ..Default::default()
+        };
+        for dir in ["bitnet-latent", "llama-bitlinear-256"] {
+            let f = BnetFile::open(&packed_with(dir, tmp.path(), &opts)).unwrap();
+            let w = Weights::load(&f).unwrap();
+            assert_eq!(w.lm_head.dtype, dtype);
+            let ids = &goldens(dir)[0].ids;
+            assert!(
+                ids.len() >= 5,
+                "the prompt takes a group of four and a remainder"
+            );
+            for kern in Kernel::all_available() {
+                let batched = Session::new(&w, kern).forward(ids, true).unwrap();
+                // decode's head claims rows in halves plus an odd row: 3 threads give odd claims
+                // longer than one row
+                for threads in [1, 3, 9] {
+                    let decoded = decode_in_pool(&w, kern, ids, threads);
+                    for (pos, got) in decoded.iter().enumerate() {
+                        assert!(
+                            bits(got) == bits(&batched[pos]),
+                            "{dir} {} at {threads} threads: position {pos} of the batch is not \
                          decode's bits",
-                        kern.name()
-                    );
+                            kern.name()
+                        );
+                    }
                 }
             }
         }

@@ -22,7 +22,7 @@ use super::fast::{
 use super::ops::{attend_group, gated, rms_norm, KvHead, RopeAt};
 use super::weights::Linear;
 use crate::format::bnet::DType;
-use crate::kernels::{q4::Q8Blocks, tl::ROWS};
+use crate::kernels::{float, q4::Q8Blocks, tl::ROWS};
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -205,33 +205,55 @@ fn gated_matvec(s: &Session, li: usize, a: &QuantizedBatch, next: &AtomicUsize, 
     }
 }
 
-/// The logits of a Q4 head into `logits`, rows claimed from `next`: each claim's halves as two
-/// streams read side by side, in runs of rows per kernel call. (Timed inside a 1-thread decode
-/// step on Zen 5, the head streamed at 32–33 GB/s as one run and 36–39 as two, above the
-/// 34 GB/s of a plain sequential read of one core.)
-fn head_q4(s: &Session, a: &Q8Blocks, next: &AtomicUsize, logits: &Shared) {
+/// The logits into `logits`, rows claimed from `next`: each claim's halves as two streams read
+/// side by side, for a Q4 head in runs of rows per kernel call (`q8`: the hidden state
+/// block-quantized), for a float or int8 head a row of each half per call. Each logit has the
+/// bits of [`head_row`]. (Timed inside a 1-thread decode step on Zen 5, the Q4 head streamed at
+/// 32–33 GB/s as one run and 36–39 as two, above the 34 GB/s of a plain sequential read of
+/// one core.)
+fn head(s: &Session, h: &[f32], q8: Option<&Q8Blocks>, next: &AtomicUsize, logits: &Shared) {
     let head = &s.w.lm_head;
     let (mut y0, mut y1) = ([0f32; HEAD_RUN], [0f32; HEAD_RUN]);
     for range in claims(next, head.rows) {
-        let h = range.len() / 2;
-        for r0 in (range.start..range.start + h).step_by(HEAD_RUN) {
-            let n = (range.start + h - r0).min(HEAD_RUN);
+        let half = range.len() / 2;
+        for r0 in (range.start..range.start + half).step_by(HEAD_RUN) {
+            let n = (range.start + half - r0).min(HEAD_RUN);
             let (ya, yb) = (&mut y0[..n], &mut y1[..n]);
-            let streams = [head.stored_rows(r0, n), head.stored_rows(r0 + h, n)];
-            s.kern
-                .dot_q4_rows(streams, head.row_bytes(), a, [&mut *ya, &mut *yb]);
+            match q8 {
+                Some(a) => {
+                    let streams = [head.stored_rows(r0, n), head.stored_rows(r0 + half, n)];
+                    s.kern
+                        .dot_q4_rows(streams, head.row_bytes(), a, [&mut *ya, &mut *yb]);
+                }
+                None => {
+                    for i in 0..n {
+                        let (ra, rb) = (r0 + i, r0 + half + i);
+                        let rows = [head.stored_row(ra), head.stored_row(rb)];
+                        let [a, b] = float::dot_rows(s.kern, head.dtype, rows, h);
+                        // as head_row: times the row's scale where it has one
+                        ya[i] = head.row_scale_of(ra).map_or(a, |sc| a * sc);
+                        yb[i] = head.row_scale_of(rb).map_or(b, |sc| b * sc);
+                    }
+                }
+            }
             for i in 0..n {
                 logits.set(r0 + i, ya[i]);
-                logits.set(r0 + h + i, yb[i]);
+                logits.set(r0 + half + i, yb[i]);
             }
         }
         // the odd row
         if range.len() % 2 == 1 {
             let r = range.end - 1;
-            let y = &mut y0[..1];
-            s.kern
-                .dot_q4_rows([head.stored_rows(r, 1)], head.row_bytes(), a, [&mut *y]);
-            logits.set(r, y[0]);
+            let y = match q8 {
+                Some(a) => {
+                    let y = &mut y0[..1];
+                    s.kern
+                        .dot_q4_rows([head.stored_rows(r, 1)], head.row_bytes(), a, [&mut *y]);
+                    y[0]
+                }
+                None => head_row(s.w, s.kern, h, None, r),
+            };
+            logits.set(r, y);
         }
     }
 }
@@ -395,14 +417,7 @@ pub(super) fn step(s: &mut Session, id: u32) -> Vec<f32> {
         }
         let h = norm(&x, &w.norm, eps);
         let q8 = (w.lm_head.dtype == DType::Q4).then(|| Q8Blocks::new(&h));
-        match &q8 {
-            Some(a) => head_q4(st, a, &next[4 * nl], &logits),
-            None => {
-                for r in claims(&next[4 * nl], w.lm_head.rows).flatten() {
-                    logits.set(r, head_row(w, st.kern, &h, None, r));
-                }
-            }
-        }
+        head(st, &h, q8.as_ref(), &next[4 * nl], &logits);
     });
     s.pos += 1;
     logits.to_vec()
