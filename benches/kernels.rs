@@ -30,8 +30,10 @@ fn memory(c: &mut Criterion) {
     });
     // as `bitnet-run --bench` also reads to find its limit: each line prefetched as decode's
     // kernels prefetch, alone and as two far-apart streams (on Zen 5 both beat a plain read)
-    // SAFETY: the bytes of a live Vec<u64> of 1 << 27 elements, read as u8
-    let bytes: &[u8] = unsafe { std::slice::from_raw_parts(buf.as_ptr() as *const u8, 8 << 27) };
+    // SAFETY: the bytes of a live Vec<u64>, read as u8
+    let bytes: &[u8] = unsafe {
+        std::slice::from_raw_parts(buf.as_ptr() as *const u8, std::mem::size_of_val(&buf[..]))
+    };
     g.bench_function("read_one_thread_prefetched", |b| {
         b.iter(|| bitnet::runner::bench::fold(bytes, &[], true))
     });

@@ -435,3 +435,38 @@ fn tl_extremes_do_not_overflow() {
         }
     }
 }
+
+/// A head row shorter than its vector is refused on every path before any of it is read past
+/// its end: the SIMD loop would read a whole group of 32 before the scalar tail's slicing.
+#[test]
+fn short_float_rows_are_refused() {
+    use bitnet::format::bnet::DType;
+    use bitnet::kernels::float::{dot_row, dot_rows};
+    let h = [0.5f32; 64];
+    for kern in Kernel::all_available() {
+        let calls: [Box<dyn Fn()>; 2] = [
+            Box::new(move || {
+                dot_row(kern, DType::F32, &[0u8; 4], &h);
+            }),
+            Box::new(move || {
+                dot_rows(kern, DType::I8, [&[0u8; 64][..], &[0u8; 8][..]], &h);
+            }),
+        ];
+        for call in calls {
+            let err = std::panic::catch_unwind(std::panic::AssertUnwindSafe(call))
+                .expect_err("a short row must panic");
+            let msg = err
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| err.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            if kern.float_simd() {
+                assert!(
+                    msg.contains("a row shorter than its vector"),
+                    "{}: {msg}",
+                    kern.name()
+                );
+            }
+        }
+    }
+}

@@ -221,7 +221,7 @@ fn decode_in_pool(w: &Weights, kern: Kernel, ids: &[u32], threads: usize) -> Vec
         .collect()
 }
 
-/// A Q4 or int8 head's logits of every position (one pass over the head for four positions at
+/// A Q4, int8 or f16 head's logits of every position (one pass over the head for four positions at
 /// a time, as `--ppl` and verify read them) are bit-identical to decoding token by token, which
 /// reads the head as two streams, on every path.
 #[test]
@@ -230,6 +230,7 @@ fn stored_head_batched_logits_are_the_decode_bits() {
     for (store, dtype) in [
         (bitnet::pack::StoreAs::Q4, DType::Q4),
         (bitnet::pack::StoreAs::I8, DType::I8),
+        (bitnet::pack::StoreAs::F16, DType::F16),
     ] {
         let opts = PackOptions {
             lm_head: store,

@@ -164,12 +164,24 @@ pub fn dot_row_many<const P: usize>(
     );
     #[cfg(target_arch = "x86_64")]
     if kern.float_simd() {
+        assert_row_holds(dtype, [row], hs[0].len());
         // SAFETY: float_simd() checked AVX2 (at selection), F16C and FMA; the lengths are
-        // checked above and the row's by the slicing in dot_row_generic's tail.
+        // checked above.
         return unsafe { dot_grid_avx2(dtype, [row], hs)[0] };
     }
     let _ = kern;
     hs.map(|h| dot_row_generic(dtype, row, h))
+}
+
+/// Panics unless every row holds `n` values of `dtype`: the SIMD loop reads them before the
+/// scalar tail's slicing would notice a short row.
+#[cfg(target_arch = "x86_64")]
+fn assert_row_holds<const R: usize>(dtype: DType, rows: [&[u8]; R], n: usize) {
+    let size = dtype.row_bytes(1).unwrap_or(1) as usize;
+    assert!(
+        rows.iter().all(|r| r.len() >= n * size),
+        "a row shorter than its vector"
+    );
 }
 
 /// `rows[r] · h` for `R` rows of one length, each with the bits of [`dot_row`]: each value of
@@ -183,10 +195,8 @@ pub fn dot_rows<const R: usize>(
 ) -> [f32; R] {
     #[cfg(target_arch = "x86_64")]
     if kern.float_simd() {
-        // SAFETY: as in dot_row_many; every row's length is checked by the slicing in
-        // dot_row_generic's tail, and the loop's by this assertion.
-        let size = dtype.row_bytes(1).unwrap_or(1) as usize;
-        assert!(rows.iter().all(|r| r.len() >= h.len() * size));
+        assert_row_holds(dtype, rows, h.len());
+        // SAFETY: as in dot_row_many.
         return unsafe { dot_grid_avx2(dtype, rows, [h]) }.map(|[y]| y);
     }
     let _ = kern;

@@ -59,7 +59,7 @@ impl Path {
 impl Kernel {
     /// The portable path, on every CPU.
     pub fn scalar() -> Kernel {
-        Kernel(Path::Scalar)
+        Kernel::of(Path::Scalar)
     }
 
     pub fn name(self) -> &'static str {
@@ -124,7 +124,8 @@ impl Kernel {
     }
 
     /// How the decode kernels prefetch their weight streams (`BITNET_PREFETCH`, see
-    /// `x86::Prefetch`): `l2` or `nta`, `none` off x86-64.
+    /// `x86::Prefetch`): `l2` or `nta` (the process's mode, whatever the path), `none` off
+    /// x86-64.
     pub fn prefetch_name(self) -> &'static str {
         #[cfg(target_arch = "x86_64")]
         return x86::Prefetch::selected().map_or("l2", |p| p.name());

@@ -184,10 +184,16 @@ pub const PREFETCH_BYTES: usize = 16384;
 /// past the end of an allocation).
 #[inline(always)]
 pub fn prefetch(p: *const u8, bytes: usize) {
+    prefetch_with::<_MM_HINT_T1>(p, bytes);
+}
+
+/// Prefetches the cache lines of `bytes` bytes from `p` with hint `H`.
+#[inline(always)]
+fn prefetch_with<const H: i32>(p: *const u8, bytes: usize) {
     for off in (0..bytes).step_by(64) {
         // SAFETY: prefetch is a hint and does not dereference; wrapping_add keeps the pointer
         // arithmetic defined outside the allocation.
-        unsafe { _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(off) as *const i8) }
+        unsafe { _mm_prefetch::<H>(p.wrapping_add(off) as *const i8) }
     }
 }
 
@@ -203,7 +209,7 @@ pub fn prefetch(p: *const u8, bytes: usize) {
 pub const NTA_BYTES: usize = 6144;
 
 /// How the decode kernels prefetch their weight streams, chosen once per process:
-/// `BITNET_PREFETCH=l2|nta`, else [`Prefetch::Nta`] on AMD family 1Ah (Zen 5), where it was
+/// `BITNET_PREFETCH=l2|nta`, else [`Prefetch::Nta`] on AMD family 1Ah (Zen 5) and later, where it was
 /// measured faster, and [`Prefetch::L2`] elsewhere (measured best on Zen 3 and Zen 4, where
 /// prefetching into L1 with `prefetcht0` had capped a core's stream).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -237,7 +243,7 @@ impl Prefetch {
 static NTA: AtomicBool = AtomicBool::new(false);
 
 /// [`Prefetch::selected`], read once; sets [`NTA`].
-pub(super) fn prefetch_mode() -> &'static Result<Prefetch, String> {
+pub(crate) fn prefetch_mode() -> &'static Result<Prefetch, String> {
     static SEL: OnceLock<Result<Prefetch, String>> = OnceLock::new();
     SEL.get_or_init(|| {
         let mode = match std::env::var_os("BITNET_PREFETCH") {
@@ -257,11 +263,15 @@ pub(super) fn prefetch_mode() -> &'static Result<Prefetch, String> {
 }
 
 /// Whether this is an AMD CPU of family 1Ah (Zen 5) or later.
+// `__cpuid` is an unsafe fn before Rust 1.9x and safe after; the crate's rust-version is 1.89
+#[allow(unused_unsafe)]
 fn zen5_or_later() -> bool {
-    let v = __cpuid(0);
+    // SAFETY: CPUID exists on every x86-64 CPU, leaves 0 and 1 on all of them.
+    let v = unsafe { __cpuid(0) };
     // "AuthenticAMD" in ebx, edx, ecx
     let amd = (v.ebx, v.edx, v.ecx) == (0x6874_7541, 0x6974_6e65, 0x444d_4163);
-    let eax = __cpuid(1).eax;
+    // SAFETY: as above.
+    let eax = unsafe { __cpuid(1) }.eax;
     let base = (eax >> 8) & 0xF;
     let family = base + if base == 0xF { (eax >> 20) & 0xFF } else { 0 };
     amd && family >= 0x1A
@@ -273,11 +283,7 @@ fn zen5_or_later() -> bool {
 #[inline(always)]
 pub fn prefetch_stream(p: *const u8, bytes: usize) {
     if NTA.load(Ordering::Relaxed) {
-        let ahead = p.wrapping_add(NTA_BYTES);
-        for off in (0..bytes).step_by(64) {
-            // SAFETY: as in `prefetch`.
-            unsafe { _mm_prefetch::<_MM_HINT_NTA>(ahead.wrapping_add(off) as *const i8) }
-        }
+        prefetch_with::<_MM_HINT_NTA>(p.wrapping_add(NTA_BYTES), bytes);
     } else {
         prefetch(p.wrapping_add(PREFETCH_BYTES), bytes);
     }

@@ -15,7 +15,7 @@ use std::time::Instant;
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct BenchReport {
     pub kernel: &'static str,
-    /// How decode prefetched its weights (`BITNET_PREFETCH`: `l2` or `nta`).
+    /// How decode prefetched its weights (`BITNET_PREFETCH`: `l2` or `nta`; `none` off x86-64).
     pub prefetch: &'static str,
     pub threads: usize,
     pub prompt_tokens: usize,
@@ -31,7 +31,7 @@ pub struct BenchReport {
     /// Weights and KV cache: every byte a decode step must read.
     pub decode_gb_per_s: f64,
     /// Best of 18 parallel reads of the weight bytes, nine right before decoding and nine right
-    /// after, three each of three ways of reading ([`Read`]): this VM's bandwidth moves within
+    /// after, three each of three ways of reading (`Read`): this VM's bandwidth moves within
     /// a run, and reads before decoding alone, or plain sequential reads alone, were in some
     /// runs below what decode itself then read.
     pub read_bandwidth_gb_per_s: f64,
@@ -69,6 +69,12 @@ enum Read {
 /// `prefetch`: a read of every byte that the compiler cannot drop, eight lanes wide so that
 /// the arithmetic never limits it (also `cargo bench --bench kernels -- memory`).
 pub fn fold(c: &[u8], d: &[u8], prefetch: bool) -> u64 {
+    // the prefetch mode settled (as making a Kernel does), so the lines are prefetched as
+    // decode prefetches them even when no Kernel was made yet
+    #[cfg(target_arch = "x86_64")]
+    let _ = crate::kernels::x86::prefetch_mode();
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = prefetch;
     let ((ec, mc), (ed, md)) = (words(c), words(d));
     let mut acc = [0u64; 8];
     let mut eat = |line: &[u64]| {
@@ -101,7 +107,7 @@ fn words(s: &[u8]) -> (u64, &[u64]) {
 }
 
 /// GB/s of reading every byte of `slices` once with the current rayon pool: the best of
-/// `passes` rounds of every [`Read`].
+/// `passes` rounds of every `Read`.
 pub fn read_bandwidth(slices: &[&[u8]], passes: usize) -> f64 {
     const CHUNK: usize = 1 << 20;
     let total: usize = slices.iter().map(|s| s.len()).sum();

@@ -230,9 +230,7 @@ fn head(s: &Session, h: &[f32], q8: Option<&Q8Blocks>, next: &AtomicUsize, logit
                         let (ra, rb) = (r0 + i, r0 + half + i);
                         let rows = [head.stored_row(ra), head.stored_row(rb)];
                         let [a, b] = float::dot_rows(s.kern, head.dtype, rows, h);
-                        // as head_row: times the row's scale where it has one
-                        ya[i] = head.row_scale_of(ra).map_or(a, |sc| a * sc);
-                        yb[i] = head.row_scale_of(rb).map_or(b, |sc| b * sc);
+                        (ya[i], yb[i]) = (head.scaled(ra, a), head.scaled(rb, b));
                     }
                 }
             }

@@ -634,10 +634,7 @@ pub fn lm_head_many(w: &Weights, hs: &[f32], kern: Kernel) -> Vec<Vec<f32>> {
 fn head_row_many<const P: usize>(w: &Weights, kern: Kernel, hs: [&[f32]; P], r: usize) -> [f32; P] {
     let head = &w.lm_head;
     let ys = crate::kernels::float::dot_row_many(kern, head.dtype, head.stored_row(r), hs);
-    match head.row_scale_of(r) {
-        Some(s) => ys.map(|y| y * s),
-        None => ys,
-    }
+    ys.map(|y| head.scaled(r, y))
 }
 
 /// Logits of one hidden state, parallel over vocabulary rows, read from the mapping in place.

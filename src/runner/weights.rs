@@ -131,6 +131,11 @@ impl<'a> Dense<'a> {
         &self.data[r * b..(r + n) * b]
     }
 
+    /// `y`, a dot product with stored row `r`, times the row's scale where it has one.
+    pub fn scaled(&self, r: usize, y: f32) -> f32 {
+        self.row_scale_of(r).map_or(y, |s| y * s)
+    }
+
     /// The scale of int8 row `r` (`None` for other dtypes).
     pub fn row_scale_of(&self, r: usize) -> Option<f32> {
         let s = self.row_scale?;
