@@ -209,9 +209,9 @@ fn prefetch_with<const H: i32>(p: *const u8, bytes: usize) {
 pub const NTA_BYTES: usize = 6144;
 
 /// How the decode kernels prefetch their weight streams, chosen once per process:
-/// `BITNET_PREFETCH=l2|nta`, else [`Prefetch::Nta`] on AMD family 1Ah (Zen 5) and later, where it was
-/// measured faster, and [`Prefetch::L2`] elsewhere (measured best on Zen 3 and Zen 4, where
-/// prefetching into L1 with `prefetcht0` had capped a core's stream).
+/// `BITNET_PREFETCH=l2|nta`, else [`Prefetch::Nta`] on AMD family 1Ah (Zen 5) and later,
+/// where it was measured faster, and [`Prefetch::L2`] elsewhere (measured best on Zen 3 and
+/// Zen 4, where prefetching into L1 with `prefetcht0` had capped a core's stream).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Prefetch {
     /// `prefetcht1`, [`PREFETCH_BYTES`] ahead.

@@ -239,19 +239,10 @@ fn head(s: &Session, h: &[f32], q8: Option<&Q8Blocks>, next: &AtomicUsize, logit
                 logits.set(r0 + half + i, yb[i]);
             }
         }
-        // the odd row
+        // the odd row (dot_q4_rows gives each row the bits of dot_q4, which head_row calls)
         if range.len() % 2 == 1 {
             let r = range.end - 1;
-            let y = match q8 {
-                Some(a) => {
-                    let y = &mut y0[..1];
-                    s.kern
-                        .dot_q4_rows([head.stored_rows(r, 1)], head.row_bytes(), a, [&mut *y]);
-                    y[0]
-                }
-                None => head_row(s.w, s.kern, h, None, r),
-            };
-            logits.set(r, y);
+            logits.set(r, head_row(s.w, s.kern, h, q8, r));
         }
     }
 }
