@@ -178,6 +178,27 @@ fn tl_blocks(c: &mut Criterion) {
     g.finish();
 }
 
+/// Building one token's TL tables, which every decode thread does per projection input: its
+/// cost against the projection's own stream says whether to share the work out.
+fn tl_tables(c: &mut Criterion) {
+    use bitnet::kernels::tl;
+    let mut g = c.benchmark_group("tl_tables");
+    for k in [2560usize, 6912] {
+        let chunks = k.div_ceil(tl::CHUNK_COLS);
+        let act: Vec<i8> = (0..chunks * tl::CHUNK_COLS)
+            .map(|i| ((i * 37 % 255) as i32 - 127) as i8)
+            .collect();
+        g.throughput(Throughput::Elements(k as u64));
+        for kern in Kernel::all_available() {
+            let mut lut = vec![0u8; chunks * kern.tl_lut_layout().chunk_bytes()];
+            g.bench_function(format!("{}_k{k}", kern.name()), |b| {
+                b.iter(|| kern.tl_lut(black_box(&act), chunks, &mut lut))
+            });
+        }
+    }
+    g.finish();
+}
+
 /// The TL block kernel (alone, and in pairs of two streams as decode's gate and up) and the T2
 /// row kernel on one thread over 512 MiB of weights, far past every cache, as decode streams
 /// them: against `memory/read_one_thread` this says whether one core's decode is bound by the
@@ -318,8 +339,16 @@ fn head_q4(c: &mut Criterion) {
 /// stream evicts the cache between steps (one step's 29 MiB would stay in a 32 MiB L3);
 /// compare with `memory/read_one_thread`.
 fn attention(c: &mut Criterion) {
+    // 120 layers' caches (118 MB) are read from memory; 1 layer's (1 MB) from the caches, which
+    // tells the arithmetic's own speed apart from the memory's
+    for layers in [4 * 30usize, 1] {
+        attention_over(c, layers);
+    }
+}
+
+fn attention_over(c: &mut Criterion, layers: usize) {
     use bitnet::runner::ops::{attend_group, KvCache, KvHead};
-    let (layers, nkv, group, hd, n) = (4 * 30usize, 5usize, 4usize, 128usize, 192usize);
+    let (nkv, group, hd, n) = (5usize, 4usize, 128usize, 192usize);
     let value = |i: usize| ((i * 7919 % 1009) as f32 - 504.0) / 300.0;
     let caches: Vec<(KvCache, KvCache)> = (0..layers)
         .map(|l| {
@@ -356,5 +385,7 @@ fn attention(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, memory, matvec, prompt, t2_rows, tl_blocks, stream, head_q4, attention);
+criterion_group!(
+    benches, memory, matvec, prompt, t2_rows, tl_blocks, tl_tables, stream, head_q4, attention
+);
 criterion_main!(benches);
