@@ -216,9 +216,42 @@ fn decode_in_pool(w: &Weights, kern: Kernel, ids: &[u32], threads: usize) -> Vec
         .build()
         .unwrap();
     let mut s = Session::new(w, kern);
+    if threads == 3 {
+        // a reserved cache (as bitnet-run and verify make) decodes the same bits
+        s.reserve(ids.len());
+    }
     ids.iter()
         .map(|&id| pool.install(|| s.forward(&[id], false)).unwrap().remove(0))
         .collect()
+}
+
+/// The KV cache holds every pushed row in place through a reservation, growth past it, and a
+/// reservation made after rows were pushed.
+#[test]
+fn kv_cache_keeps_its_rows_through_reserve_and_growth() {
+    use bitnet::runner::ops::KvCache;
+    let (heads, hd) = (3usize, 8usize);
+    let row = |p: usize| -> Vec<f32> { (0..heads * hd).map(|i| (p * 1000 + i) as f32).collect() };
+    let (mut grown, mut reserved) = (KvCache::new(heads, hd), KvCache::new(heads, hd));
+    reserved.reserve(70);
+    let mut p = 0;
+    for (step, n) in [1usize, 19, 50, 7, 73].into_iter().enumerate() {
+        if step == 3 {
+            reserved.reserve(400);
+        }
+        let rows: Vec<f32> = (p..p + n).flat_map(row).collect();
+        grown.push(&rows);
+        reserved.push(&rows);
+        p += n;
+    }
+    assert_eq!(reserved.bytes(), (p * heads * hd * 4) as u64);
+    for h in 0..heads {
+        let want: Vec<f32> = (0..p)
+            .flat_map(|q| row(q)[h * hd..][..hd].to_vec())
+            .collect();
+        assert_eq!(grown.head(h), &want[..], "head {h}, grown");
+        assert_eq!(reserved.head(h), &want[..], "head {h}, reserved");
+    }
 }
 
 /// A Q4, int8 or f16 head's logits of every position (one pass over the head for four positions at

@@ -240,6 +240,7 @@ fn run(a: Args) -> Result<()> {
     let mut sampler = Sampler::new(a.temp, a.top_k, a.top_p, a.seed);
     let n = a.tokens.min(ctx - prompt.len());
     let mut s = Session::new(&w, kern);
+    s.reserve(prompt.len() + n);
     let mut last = s.forward(&prompt, false)?.pop().expect("one");
     let mut out_ids: Vec<u32> = Vec::new();
     let mut printed = 0usize;

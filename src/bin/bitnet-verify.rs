@@ -126,6 +126,7 @@ fn run(a: Args) -> Result<u8> {
     // The fast runner: the whole sequence as one batch, then its own greedy continuation.
     let fast_logits = Session::new(&w, kern).forward(&ids, true)?;
     let mut s = Session::new(&w, kern);
+    s.reserve(prompt.len() + a.tokens);
     let mut last = s.forward(&prompt, false)?.pop().expect("one");
     let mut fast_greedy = Vec::new();
     for _ in 0..a.tokens {

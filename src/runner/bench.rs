@@ -150,6 +150,8 @@ pub fn run(w: &Weights, kern: Kernel, prompt: usize, decode: usize) -> Result<Be
     let slices = decode_slices(w);
     let per_token: u64 = slices.iter().map(|s| s.len() as u64).sum();
     let mut s = Session::new(w, kern);
+    // as bitnet-run does for a generation of known length
+    s.reserve(prompt + decode);
     let t0 = Instant::now();
     let mut last = s.forward(&ids, false)?.pop().expect("one position");
     let pp = t0.elapsed().as_secs_f64();

@@ -436,6 +436,18 @@ impl<'w, 'a> Session<'w, 'a> {
         }
     }
 
+    /// Makes room in the KV cache for `positions` in all (capped at the model's context), so
+    /// that the steps up to there never grow it (see [`KvCache::reserve`]). Optional: the
+    /// cache grows as needed either way.
+    pub fn reserve(&mut self, positions: usize) {
+        let positions = positions.min(self.w.cfg.max_position_embeddings as usize);
+        for c in self.k_cache.iter_mut().chain(&mut self.v_cache) {
+            c.get_mut()
+                .unwrap_or_else(|e| e.into_inner())
+                .reserve(positions);
+        }
+    }
+
     /// Tokens processed so far.
     pub fn len(&self) -> usize {
         self.pos
