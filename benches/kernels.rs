@@ -350,15 +350,12 @@ fn attention_over(c: &mut Criterion, layers: usize) {
     use bitnet::runner::ops::{attend_group, KvCache, KvHead};
     let (nkv, group, hd, n) = (5usize, 4usize, 128usize, 192usize);
     let value = |i: usize| ((i * 7919 % 1009) as f32 - 504.0) / 300.0;
-    let caches: Vec<(KvCache, KvCache)> = (0..layers)
-        .map(|l| {
-            let rows: Vec<f32> = (0..n * nkv * hd).map(|i| value(i + l)).collect();
-            let (mut k, mut v) = (KvCache::new(nkv, hd), KvCache::new(nkv, hd));
-            k.push(&rows);
-            v.push(&rows.iter().rev().copied().collect::<Vec<_>>());
-            (k, v)
-        })
-        .collect();
+    let (mut k, mut v) = (KvCache::new(layers, nkv, hd), KvCache::new(layers, nkv, hd));
+    for l in 0..layers {
+        let rows: Vec<f32> = (0..n * nkv * hd).map(|i| value(i + l)).collect();
+        k.push(l, &rows);
+        v.push(l, &rows.iter().rev().copied().collect::<Vec<_>>());
+    }
     let qs: Vec<f32> = (0..group * hd).map(|i| value(3 * i) / 4.0).collect();
     let mut out = vec![0f32; group * hd];
     let mut g = c.benchmark_group("attention");
@@ -371,10 +368,10 @@ fn attention_over(c: &mut Criterion, layers: usize) {
         );
         g.bench_function(name, |b| {
             b.iter(|| {
-                for (k, v) in &caches {
+                for l in 0..layers {
                     for kv in 0..nkv {
                         out.fill(0.0);
-                        let kv = KvHead::of(k, v, kv);
+                        let kv = KvHead::of(&k, &v, l, kv);
                         attend_group(kern, &qs, hd, kv, n, 0.088, &mut out);
                         black_box(&out);
                     }

@@ -225,32 +225,53 @@ fn decode_in_pool(w: &Weights, kern: Kernel, ids: &[u32], threads: usize) -> Vec
         .collect()
 }
 
-/// The KV cache holds every pushed row in place through a reservation, growth past it, and a
-/// reservation made after rows were pushed.
+/// The KV cache holds every pushed row of every layer in place through a reservation, growth
+/// past it, and a reservation made after rows were pushed; the second case is large enough
+/// (8 MiB) to be allocated as huge pages.
 #[test]
 fn kv_cache_keeps_its_rows_through_reserve_and_growth() {
     use bitnet::runner::ops::KvCache;
-    let (heads, hd) = (3usize, 8usize);
-    let row = |p: usize| -> Vec<f32> { (0..heads * hd).map(|i| (p * 1000 + i) as f32).collect() };
-    let (mut grown, mut reserved) = (KvCache::new(heads, hd), KvCache::new(heads, hd));
-    reserved.reserve(70);
-    let mut p = 0;
-    for (step, n) in [1usize, 19, 50, 7, 73].into_iter().enumerate() {
-        if step == 3 {
-            reserved.reserve(400);
+    for (heads, hd, batches) in [
+        (3usize, 8usize, [1usize, 19, 50, 7, 73]),
+        (2, 128, [1, 900, 3, 1100, 96]),
+    ] {
+        let layers = 2;
+        let row = |l: usize, p: usize| -> Vec<f32> {
+            (0..heads * hd)
+                .map(|i| (l * 1_000_000 + p * 1000 + i) as f32)
+                .collect()
+        };
+        let (mut grown, mut reserved) = (
+            KvCache::new(layers, heads, hd),
+            KvCache::new(layers, heads, hd),
+        );
+        reserved.reserve(70);
+        let mut p = 0;
+        for (step, n) in batches.into_iter().enumerate() {
+            if step == 3 {
+                reserved.reserve(4000);
+            }
+            for l in 0..layers {
+                let rows: Vec<f32> = (p..p + n).flat_map(|q| row(l, q)).collect();
+                grown.push(l, &rows);
+                reserved.push(l, &rows);
+            }
+            p += n;
         }
-        let rows: Vec<f32> = (p..p + n).flat_map(row).collect();
-        grown.push(&rows);
-        reserved.push(&rows);
-        p += n;
-    }
-    assert_eq!(reserved.bytes(), (p * heads * hd * 4) as u64);
-    for h in 0..heads {
-        let want: Vec<f32> = (0..p)
-            .flat_map(|q| row(q)[h * hd..][..hd].to_vec())
-            .collect();
-        assert_eq!(grown.head(h), &want[..], "head {h}, grown");
-        assert_eq!(reserved.head(h), &want[..], "head {h}, reserved");
+        assert_eq!(reserved.bytes(), (layers * p * heads * hd * 4) as u64);
+        for l in 0..layers {
+            for h in 0..heads {
+                let want: Vec<f32> = (0..p)
+                    .flat_map(|q| row(l, q)[h * hd..][..hd].to_vec())
+                    .collect();
+                assert_eq!(grown.head(l, h), &want[..], "layer {l} head {h}, grown");
+                assert_eq!(
+                    reserved.head(l, h),
+                    &want[..],
+                    "layer {l} head {h}, reserved"
+                );
+            }
+        }
     }
 }
 
@@ -467,25 +488,32 @@ fn concurrent_decoding_sessions_agree() {
 
 proptest::proptest! {
     #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
-    /// The cache stores each kv head's rows contiguously: whatever the batch sizes (a prompt,
-    /// then single decode steps, across capacity growth), head `h` holds exactly the rows pushed
-    /// for it, in order.
+    /// The cache stores each layer's kv heads' rows contiguously: whatever the batch sizes (a
+    /// prompt, then single decode steps, across capacity growth), layer `l`'s head `h` holds
+    /// exactly the rows pushed for it, in order.
     #[test]
     fn kv_cache_keeps_every_head_in_order(
+        layers in 1usize..4,
         heads in 1usize..6,
         hd in 1usize..70,
         batches in proptest::collection::vec(1usize..90, 1..8),
     ) {
         use bitnet::runner::ops::KvCache;
-        let mut c = KvCache::new(heads, hd);
-        let mut rows: Vec<f32> = Vec::new();
+        let mut c = KvCache::new(layers, heads, hd);
+        let mut rows: Vec<Vec<f32>> = vec![Vec::new(); layers];
         for t in batches {
-            let new: Vec<f32> = (0..t * heads * hd).map(|i| (rows.len() + i) as f32).collect();
-            c.push(&new);
-            rows.extend(new);
-            for h in 0..heads {
-                let want: Vec<f32> = rows.chunks_exact(heads * hd).flat_map(|r| &r[h * hd..][..hd]).copied().collect();
-                proptest::prop_assert_eq!(c.head(h), &want[..]);
+            // layer by layer, as a forward pass pushes them
+            for (l, rows) in rows.iter_mut().enumerate() {
+                let new: Vec<f32> =
+                    (0..t * heads * hd).map(|i| (l * 100_000 + rows.len() + i) as f32).collect();
+                c.push(l, &new);
+                rows.extend(new);
+            }
+            for (l, rows) in rows.iter().enumerate() {
+                for h in 0..heads {
+                    let want: Vec<f32> = rows.chunks_exact(heads * hd).flat_map(|r| &r[h * hd..][..hd]).copied().collect();
+                    proptest::prop_assert_eq!(c.head(l, h), &want[..]);
+                }
             }
         }
     }

@@ -338,15 +338,15 @@ pub(super) fn step(s: &mut Session, id: u32) -> Vec<f32> {
                 let mut k = qkv.range(nh * hd..(nh + nkv) * hd);
                 k.chunks_exact_mut(hd).for_each(|h| rope.apply(h));
                 let v = qkv.range((nh + nkv) * hd..(nh + 2 * nkv) * hd);
-                let mut kc = st.k_cache[li].write().unwrap_or_else(|e| e.into_inner());
-                kc.push(&k);
-                let mut vc = st.v_cache[li].write().unwrap_or_else(|e| e.into_inner());
-                vc.push(&v);
+                let mut kc = st.k_cache.write().unwrap_or_else(|e| e.into_inner());
+                kc.push(li, &k);
+                let mut vc = st.v_cache.write().unwrap_or_else(|e| e.into_inner());
+                vc.push(li, &v);
             }
             barrier.wait();
             {
-                let kc = st.k_cache[li].read().unwrap_or_else(|e| e.into_inner());
-                let vc = st.v_cache[li].read().unwrap_or_else(|e| e.into_inner());
+                let kc = st.k_cache.read().unwrap_or_else(|e| e.into_inner());
+                let vc = st.v_cache.read().unwrap_or_else(|e| e.into_inner());
                 let mine = ctx.index() * nh / threads..(ctx.index() + 1) * nh / threads;
                 for kv in mine.start / group..mine.end.div_ceil(group) {
                     // empty when this thread's share is (more threads than query heads)
@@ -359,7 +359,7 @@ pub(super) fn step(s: &mut Session, id: u32) -> Vec<f32> {
                         st.kern,
                         &qs,
                         hd,
-                        KvHead::of(&kc, &vc, kv),
+                        KvHead::of(&kc, &vc, li, kv),
                         pos + 1,
                         scale,
                         &mut out,

@@ -415,10 +415,10 @@ pub struct Session<'w, 'a> {
     pub(super) w: &'w Weights<'a>,
     pub(super) kern: Kernel,
     pub(super) inv_freq: Vec<f32>,
-    /// Per layer: cached keys and values. Locked only so one decode thread can append while
-    /// the others wait ([`super::decode`]).
-    pub(super) k_cache: Vec<RwLock<KvCache>>,
-    pub(super) v_cache: Vec<RwLock<KvCache>>,
+    /// Cached keys and values of every layer. Locked only so one decode thread can append
+    /// while the others wait ([`super::decode`]).
+    pub(super) k_cache: RwLock<KvCache>,
+    pub(super) v_cache: RwLock<KvCache>,
     pub(super) pos: usize,
 }
 
@@ -430,8 +430,8 @@ impl<'w, 'a> Session<'w, 'a> {
             inv_freq: rope_inv_freq(w.cfg.rope_theta, hd),
             w,
             kern,
-            k_cache: (0..n).map(|_| RwLock::new(KvCache::new(nkv, hd))).collect(),
-            v_cache: (0..n).map(|_| RwLock::new(KvCache::new(nkv, hd))).collect(),
+            k_cache: RwLock::new(KvCache::new(n, nkv, hd)),
+            v_cache: RwLock::new(KvCache::new(n, nkv, hd)),
             pos: 0,
         }
     }
@@ -441,7 +441,7 @@ impl<'w, 'a> Session<'w, 'a> {
     /// cache grows as needed either way.
     pub fn reserve(&mut self, positions: usize) {
         let positions = positions.min(self.w.cfg.max_position_embeddings as usize);
-        for c in self.k_cache.iter_mut().chain(&mut self.v_cache) {
+        for c in [&mut self.k_cache, &mut self.v_cache] {
             c.get_mut()
                 .unwrap_or_else(|e| e.into_inner())
                 .reserve(positions);
@@ -461,7 +461,7 @@ impl<'w, 'a> Session<'w, 'a> {
     /// position it adds.
     pub fn kv_bytes(&self) -> u64 {
         let lock = |c: &RwLock<KvCache>| c.read().unwrap_or_else(|e| e.into_inner()).bytes();
-        self.k_cache.iter().chain(&self.v_cache).map(lock).sum()
+        lock(&self.k_cache) + lock(&self.v_cache)
     }
 
     /// Appends `ids` and returns the logits of every new position (`all`) or of the last.
@@ -521,14 +521,10 @@ impl<'w, 'a> Session<'w, 'a> {
                 qt.chunks_exact_mut(hd).for_each(|h| ropes[i].apply(h));
                 kt.chunks_exact_mut(hd).for_each(|h| ropes[i].apply(h));
             }
-            let kc = self.k_cache[li]
-                .get_mut()
-                .unwrap_or_else(|e| e.into_inner());
-            kc.push(&k);
-            let vc = self.v_cache[li]
-                .get_mut()
-                .unwrap_or_else(|e| e.into_inner());
-            vc.push(&v);
+            let kc = self.k_cache.get_mut().unwrap_or_else(|e| e.into_inner());
+            kc.push(li, &k);
+            let vc = self.v_cache.get_mut().unwrap_or_else(|e| e.into_inner());
+            vc.push(li, &v);
             let (kc, vc) = (&*kc, &*vc);
             let mut attn = vec![0f32; t * nh * hd];
             let pos0 = self.pos;
@@ -543,7 +539,7 @@ impl<'w, 'a> Session<'w, 'a> {
                         self.kern,
                         qs,
                         hd,
-                        KvHead::of(kc, vc, kv),
+                        KvHead::of(kc, vc, li, kv),
                         pos0 + tok + 1,
                         scale,
                         out,

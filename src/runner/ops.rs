@@ -302,25 +302,111 @@ struct Line([f32; 16]);
 
 const _: () = assert!(std::mem::size_of::<Line>() == 64);
 
-/// One layer's cached keys (or values), stored `[kv_head][position][head_dim]`: each kv head's
-/// cache is one contiguous run that attention streams front to back. With every kv head of a
-/// position stored together instead, a head's rows were 2.5 KiB apart (2B-4T) and attention
-/// read them at well under the memory's sequential rate. Room for `cap` positions per head, a
-/// power of two (so a prompt is followed by room for decoding, not by a copy at the first step).
+/// Zeroed cache lines in one allocation, written as soon as allocated so that no page faults
+/// in later, mid-decode. From 2 MiB on, 2 MiB-aligned, rounded up to whole 2 MiB and advised
+/// as transparent huge pages (Linux; the kernel's `madvise` mode serves only advised memory):
+/// attention then walks its streams with fewer TLB misses. Decode of a 2B-4T T2 q4 file, 128 +
+/// 128 tokens, one thread: 45.1–46.9 tokens/s against 44.0–46.3 with a 4 KiB-paged cache per
+/// layer (4 of 4 alternating pairs; 90–94% of the bandwidth limit against 88–90); two threads
+/// +0.2–1.4%; TL within the noise.
+struct Lines {
+    ptr: std::ptr::NonNull<Line>,
+    len: usize,
+    layout: std::alloc::Layout,
+}
+
+// SAFETY: `Lines` owns its allocation like a `Vec<Line>` (plain floats, no shared state).
+unsafe impl Send for Lines {}
+unsafe impl Sync for Lines {}
+
+impl Lines {
+    const HUGE: usize = 2 << 20;
+
+    fn zeroed(len: usize) -> Lines {
+        let bytes = len * std::mem::size_of::<Line>();
+        let layout = if bytes >= Self::HUGE {
+            std::alloc::Layout::from_size_align(bytes.next_multiple_of(Self::HUGE), Self::HUGE)
+        } else {
+            std::alloc::Layout::array::<Line>(len)
+        }
+        .expect("a KV cache within the address space");
+        if layout.size() == 0 {
+            let ptr = std::ptr::NonNull::dangling();
+            return Lines { ptr, len, layout };
+        }
+        // SAFETY: the layout has a non-zero size; the memory is written in full before use.
+        let ptr = unsafe { std::alloc::alloc(layout) };
+        let Some(ptr) = std::ptr::NonNull::new(ptr.cast::<Line>()) else {
+            std::alloc::handle_alloc_error(layout)
+        };
+        #[cfg(target_os = "linux")]
+        if layout.align() == Self::HUGE {
+            extern "C" {
+                fn madvise(addr: *mut std::ffi::c_void, len: usize, advice: i32) -> i32;
+            }
+            const MADV_HUGEPAGE: i32 = 14;
+            // SAFETY: advice about memory this allocation owns; a refusal changes nothing.
+            unsafe { madvise(ptr.as_ptr().cast(), layout.size(), MADV_HUGEPAGE) };
+        }
+        // SAFETY: `ptr` is valid for `layout.size()` bytes; zero bytes are valid `Line`s.
+        unsafe { std::ptr::write_bytes(ptr.as_ptr().cast::<u8>(), 0, layout.size()) };
+        Lines { ptr, len, layout }
+    }
+}
+
+impl Default for Lines {
+    fn default() -> Self {
+        Lines::zeroed(0)
+    }
+}
+
+impl Drop for Lines {
+    fn drop(&mut self) {
+        if self.layout.size() > 0 {
+            // SAFETY: allocated in `zeroed` with this layout.
+            unsafe { std::alloc::dealloc(self.ptr.as_ptr().cast(), self.layout) }
+        }
+    }
+}
+
+impl std::ops::Deref for Lines {
+    type Target = [Line];
+    fn deref(&self) -> &[Line] {
+        // SAFETY: `len` initialized lines (zeroed in `zeroed`) owned by `self`.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl std::ops::DerefMut for Lines {
+    fn deref_mut(&mut self) -> &mut [Line] {
+        // SAFETY: as in `deref`, borrowed mutably through `self`.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+/// A session's cached keys (or values) for every layer, stored
+/// `[layer][kv_head][position][head_dim]` in one allocation (so a long cache sits in huge
+/// pages, see [`Lines`]): each kv head's cache is one contiguous run that attention streams
+/// front to back. With every kv head of a position stored together instead, a head's rows were
+/// 2.5 KiB apart (2B-4T) and attention read them at well under the memory's sequential rate.
+/// Room for `cap` positions per head, a multiple of 64 (a power of two when grown by a push, so
+/// a prompt is followed by room for decoding, not by a copy at the first step).
 #[derive(Default)]
 pub struct KvCache {
-    data: Vec<Line>,
+    data: Lines,
     heads: usize,
     hd: usize,
     cap: usize,
-    len: usize,
+    /// Positions cached per layer.
+    len: Vec<usize>,
 }
 
 impl KvCache {
-    pub fn new(heads: usize, hd: usize) -> Self {
+    pub fn new(layers: usize, heads: usize, hd: usize) -> Self {
         KvCache {
             heads,
             hd,
+            len: vec![0; layers],
             ..Default::default()
         }
     }
@@ -336,35 +422,46 @@ impl KvCache {
         }
     }
 
-    /// Moves the cache into room for `cap` positions, its pages written (faulted in) now.
+    /// Floats from the start to layer `l`'s kv head `h`.
+    fn offset(&self, l: usize, h: usize) -> usize {
+        (l * self.heads + h) * self.cap * self.hd
+    }
+
+    /// Moves the cache into room for `cap` positions.
     fn grow(&mut self, cap: usize) {
-        let hd = self.hd;
-        let lines = (self.heads * cap * hd).div_ceil(16);
-        // not `vec![…]`: zeroed memory from the allocator is mapped lazily, page by page
-        let mut data = Vec::with_capacity(lines);
-        data.resize(lines, Line::default());
-        let mut grown = KvCache { data, cap, ..*self };
-        for h in 0..self.heads {
-            grown.floats_mut()[h * cap * hd..][..self.len * hd].copy_from_slice(self.head(h));
+        let lines = (self.len.len() * self.heads * cap * self.hd).div_ceil(16);
+        let mut grown = KvCache {
+            data: Lines::zeroed(lines),
+            cap,
+            len: self.len.clone(),
+            ..*self
+        };
+        for (l, &n) in self.len.iter().enumerate() {
+            for h in 0..self.heads {
+                let at = grown.offset(l, h);
+                grown.floats_mut()[at..][..n * self.hd].copy_from_slice(self.head(l, h));
+            }
         }
         *self = grown;
     }
 
-    /// Appends positions given as rows of `[heads · head_dim]` (the projection's layout).
-    pub fn push(&mut self, rows: &[f32]) {
+    /// Appends positions to layer `l`, given as rows of `[heads · head_dim]` (the projection's
+    /// layout).
+    pub fn push(&mut self, l: usize, rows: &[f32]) {
         let (hd, width) = (self.hd, self.heads * self.hd);
         let t = rows.len().checked_div(width).unwrap_or(0);
-        if self.len + t > self.cap {
-            self.grow((self.len + t).next_power_of_two().max(64));
+        if self.len[l] + t > self.cap {
+            self.grow((self.len[l] + t).next_power_of_two().max(64));
         }
-        let (cap, len) = (self.cap, self.len);
-        let data = self.floats_mut();
+        let (len, start) = (self.len[l], self.offset(l, 0));
+        let cap = self.cap;
+        let data = &mut self.floats_mut()[start..];
         for (i, row) in rows.chunks_exact(width).enumerate() {
             for (h, x) in row.chunks_exact(hd).enumerate() {
                 data[(h * cap + len + i) * hd..][..hd].copy_from_slice(x);
             }
         }
-        self.len += t;
+        self.len[l] += t;
     }
 
     fn floats(&self) -> &[f32] {
@@ -379,14 +476,15 @@ impl KvCache {
         }
     }
 
-    /// Bytes of the cached positions (not of the spare capacity).
+    /// Bytes of the cached positions of every layer (not of the spare capacity).
     pub fn bytes(&self) -> u64 {
-        (self.len * self.heads * self.hd * std::mem::size_of::<f32>()) as u64
+        let positions: usize = self.len.iter().sum();
+        (positions * self.heads * self.hd * std::mem::size_of::<f32>()) as u64
     }
 
-    /// Kv head `h` at every cached position, `[position][head_dim]`.
-    pub fn head(&self, h: usize) -> &[f32] {
-        &self.floats()[h * self.cap * self.hd..][..self.len * self.hd]
+    /// Layer `l`'s kv head `h` at every cached position, `[position][head_dim]`.
+    pub fn head(&self, l: usize, h: usize) -> &[f32] {
+        &self.floats()[self.offset(l, h)..][..self.len[l] * self.hd]
     }
 }
 
@@ -399,11 +497,11 @@ pub struct KvHead<'a> {
 }
 
 impl<'a> KvHead<'a> {
-    /// Kv head `kv` of a layer's caches.
-    pub fn of(k: &'a KvCache, v: &'a KvCache, kv: usize) -> Self {
+    /// Kv head `kv` of layer `l`'s caches.
+    pub fn of(k: &'a KvCache, v: &'a KvCache, l: usize, kv: usize) -> Self {
         KvHead {
-            k: k.head(kv),
-            v: v.head(kv),
+            k: k.head(l, kv),
+            v: v.head(l, kv),
             stride: k.hd,
         }
     }
