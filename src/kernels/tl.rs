@@ -122,18 +122,23 @@ impl LutLayout {
     pub fn build_scalar(self, a: &[i8], chunks: usize, out: &mut [u8]) {
         match self {
             LutLayout::Pairs => build_lut_scalar(a, chunks, out),
-            LutLayout::Signed => for_each_group(a, 0..chunks, |c, g, t| {
-                let o = &mut out[2 * LUT_CHUNK_BYTES * c + 128 * (g / 2)..][..128];
-                for (i, &v) in t.iter().enumerate() {
-                    for (e, v) in [(i, v), (i + 32, -v)] {
-                        let e = e + 16 * (g % 2);
-                        o[e] = v as u8;
-                        o[64 + e] = (v >> 8) as u8;
-                    }
-                }
-            }),
+            LutLayout::Signed => build_signed_range(a, 0..chunks, out),
         }
     }
+}
+
+/// [`LutLayout::Signed`] tables of `chunks` (`out` indexed from chunk 0).
+fn build_signed_range(a: &[i8], chunks: std::ops::Range<usize>, out: &mut [u8]) {
+    for_each_group(a, chunks, |c, g, t| {
+        let o = &mut out[2 * LUT_CHUNK_BYTES * c + 128 * (g / 2)..][..128];
+        for (i, &v) in t.iter().enumerate() {
+            for (e, v) in [(i, v), (i + 32, -v)] {
+                let e = e + 16 * (g % 2);
+                o[e] = v as u8;
+                o[64 + e] = (v >> 8) as u8;
+            }
+        }
+    })
 }
 
 /// Tables for `chunks` chunks of activations `a` (zero past its end) into `out`
@@ -298,41 +303,7 @@ pub mod x86 {
         // pairs of chunks that lie wholly inside `a`; the rest (and the zero tail) in scalar
         let pairs = (a.len() / CHUNK_COLS).min(chunks) / 2;
         for c in (0..2 * pairs).step_by(2) {
-            // weight t of the eight groups: chunk c in the low lane, c + 1 in the high, as i16
-            macro_rules! load {
-                ($t:literal) => {{
-                    let p = a.as_ptr().add(CHUNK_COLS * c + 8 * $t);
-                    let lo = _mm_loadl_epi64(p as *const __m128i);
-                    let hi = _mm_loadl_epi64(p.add(CHUNK_COLS) as *const __m128i);
-                    _mm256_set_m128i(_mm_cvtepi8_epi16(hi), _mm_cvtepi8_epi16(lo))
-                }};
-            }
-            let (x0, x1, x2) = (load!(0), load!(1), load!(2));
-            let z = _mm256_setzero_si256();
-            let (e1, e3) = (x2, x1);
-            let e2 = _mm256_sub_epi16(x1, x2);
-            let e4 = _mm256_add_epi16(x1, x2);
-            // entries 5 … 13 are x0 + (entries −4 … 4), entry −n being −(entry n)
-            let e = [
-                z,
-                e1,
-                e2,
-                e3,
-                e4,
-                _mm256_sub_epi16(x0, e4),
-                _mm256_sub_epi16(x0, e3),
-                _mm256_sub_epi16(x0, e2),
-                _mm256_sub_epi16(x0, e1),
-                x0,
-                _mm256_add_epi16(x0, e1),
-                _mm256_add_epi16(x0, e2),
-                _mm256_add_epi16(x0, e3),
-                _mm256_add_epi16(x0, e4),
-                z,
-                z,
-            ];
-            let lo8 = transpose8(&e[..8]);
-            let hi8 = transpose8(&e[8..]);
+            let (lo8, hi8) = entries_avx2(a, c);
             let mask = _mm256_set1_epi16(0xFF);
             for g in 0..8 {
                 let (p, q) = (lo8[g], hi8[g]);
@@ -348,6 +319,48 @@ pub mod x86 {
             }
         }
         build_lut_range(a, 2 * pairs..chunks, out);
+    }
+
+    /// The 16 table entries (i16) of the eight groups of chunks `c` and `c + 1` (which lie
+    /// wholly inside `a`): per group `g`, entries 0–7 in `.0[g]` and 8–15 in `.1[g]`, chunk `c`
+    /// in the low 128-bit lane and `c + 1` in the high one.
+    #[inline(always)]
+    unsafe fn entries_avx2(a: &[i8], c: usize) -> ([__m256i; 8], [__m256i; 8]) {
+        assert!(a.len() >= CHUNK_COLS * (c + 2));
+        // weight t of the eight groups: chunk c in the low lane, c + 1 in the high, as i16
+        macro_rules! load {
+            ($t:literal) => {{
+                let p = a.as_ptr().add(CHUNK_COLS * c + 8 * $t);
+                let lo = _mm_loadl_epi64(p as *const __m128i);
+                let hi = _mm_loadl_epi64(p.add(CHUNK_COLS) as *const __m128i);
+                _mm256_set_m128i(_mm_cvtepi8_epi16(hi), _mm_cvtepi8_epi16(lo))
+            }};
+        }
+        let (x0, x1, x2) = (load!(0), load!(1), load!(2));
+        let z = _mm256_setzero_si256();
+        let (e1, e3) = (x2, x1);
+        let e2 = _mm256_sub_epi16(x1, x2);
+        let e4 = _mm256_add_epi16(x1, x2);
+        // entries 5 … 13 are x0 + (entries −4 … 4), entry −n being −(entry n)
+        let e = [
+            z,
+            e1,
+            e2,
+            e3,
+            e4,
+            _mm256_sub_epi16(x0, e4),
+            _mm256_sub_epi16(x0, e3),
+            _mm256_sub_epi16(x0, e2),
+            _mm256_sub_epi16(x0, e1),
+            x0,
+            _mm256_add_epi16(x0, e1),
+            _mm256_add_epi16(x0, e2),
+            _mm256_add_epi16(x0, e3),
+            _mm256_add_epi16(x0, e4),
+            z,
+            z,
+        ];
+        (transpose8(&e[..8]), transpose8(&e[8..]))
     }
 
     /// `block_to_t2_scalar` in AVX2. Three passes: the T2 code of every column for the 32 rows
@@ -542,45 +555,51 @@ pub mod x86 {
         out
     }
 
-    /// [`LutLayout::Signed`] tables: the AVX2 tables are built into the upper half of `out`,
-    /// then each chunk is widened in place (all of a chunk is loaded before any of it is
-    /// written, and a widened chunk ends at or before the next unread one) with its negations.
+    /// [`LutLayout::Signed`] tables, from the same entries as [`build_lut_avx2`]: per pair of
+    /// groups, their 32 sums and the negations as i16, whose low and high bytes two `vpermt2b`
+    /// gather. Built as AVX2 tables and then widened in place, they took 1.09 µs for 2560
+    /// columns and 3.0 for 6912 (`cargo bench --bench kernels -- tl_tables`).
     ///
     /// # Safety
-    /// The CPU must support AVX-512 F and BW. `out.len() ≥ chunks · 2 · LUT_CHUNK_BYTES`.
-    #[target_feature(enable = "avx2,avx512f,avx512bw")]
+    /// The CPU must support AVX-512 F, BW and VBMI. `out.len() ≥ chunks · 2 · LUT_CHUNK_BYTES`.
+    #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vbmi")]
     pub unsafe fn build_signed_lut_avx512(a: &[i8], chunks: usize, out: &mut [u8]) {
         let tb = LutLayout::Signed.chunk_bytes();
         assert!(out.len() >= chunks * tb);
-        let half = chunks * LUT_CHUNK_BYTES;
-        build_lut_avx2(a, chunks, &mut out[half..]);
-        let base = out.as_mut_ptr();
-        for c in 0..chunks {
-            let src = base.add(half + c * LUT_CHUNK_BYTES);
-            let mut groups = [_mm256_setzero_si256(); 8];
-            for (g, t) in groups.iter_mut().enumerate() {
-                // 16 entries as i16 (low bytes in the lower 128 bits, high bytes in the upper)
-                let v = _mm256_loadu_si256(src.add(32 * g) as *const __m256i);
-                let (lo, hi) = (_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
-                *t = _mm256_set_m128i(_mm_unpackhi_epi8(lo, hi), _mm_unpacklo_epi8(lo, hi));
-            }
-            for p in 0..4 {
-                // entries 0-31: the pair's sums; 32-63: their negations
-                let pos = _mm512_inserti64x4::<1>(
-                    _mm512_castsi256_si512(groups[2 * p]),
-                    groups[2 * p + 1],
-                );
-                let neg = _mm512_sub_epi16(_mm512_setzero_si512(), pos);
-                let o = base.add(c * tb + 128 * p);
-                for (i, v) in [pos, neg].into_iter().enumerate() {
-                    _mm256_storeu_si256(o.add(32 * i) as *mut __m256i, _mm512_cvtepi16_epi8(v));
-                    _mm256_storeu_si256(
-                        o.add(64 + 32 * i) as *mut __m256i,
-                        _mm512_cvtepi16_epi8(_mm512_srai_epi16::<8>(v)),
+        // pairs of chunks that lie wholly inside `a`; the rest (and the zero tail) in scalar
+        let pairs = (a.len() / CHUNK_COLS).min(chunks) / 2;
+        // byte i of the result: byte 2i of the words of `pos` then `neg` (their low bytes),
+        // and byte 2i + 1 (their high bytes)
+        let mut bytes = [0u8; 64];
+        bytes
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, b)| *b = 2 * i as u8);
+        let low = _mm512_loadu_si512(bytes.as_ptr() as *const _);
+        let high = _mm512_add_epi8(low, _mm512_set1_epi8(1));
+        for c in (0..2 * pairs).step_by(2) {
+            let (lo8, hi8) = entries_avx2(a, c);
+            // group g's 16 entries of chunk c (lane 0) or c + 1 (lane 1)
+            let of = |lane: usize, g: usize| match lane {
+                0 => _mm256_permute2x128_si256::<0x20>(lo8[g], hi8[g]),
+                _ => _mm256_permute2x128_si256::<0x31>(lo8[g], hi8[g]),
+            };
+            for lane in 0..2 {
+                for p in 0..4 {
+                    // entries 0-31: the pair's sums; 32-63: their negations
+                    let pos = _mm512_inserti64x4::<1>(
+                        _mm512_castsi256_si512(of(lane, 2 * p)),
+                        of(lane, 2 * p + 1),
                     );
+                    let neg = _mm512_sub_epi16(_mm512_setzero_si512(), pos);
+                    let o = out.as_mut_ptr().add((c + lane) * tb + 128 * p);
+                    _mm512_storeu_si512(o as *mut _, _mm512_permutex2var_epi8(pos, low, neg));
+                    let high = _mm512_permutex2var_epi8(pos, high, neg);
+                    _mm512_storeu_si512(o.add(64) as *mut _, high);
                 }
             }
         }
+        build_signed_range(a, 2 * pairs..chunks, out);
     }
 
     /// Chunk `cc` of `block` (prefetching the weights ahead of it) and its 32 sign bytes.
