@@ -368,11 +368,14 @@ pub(super) fn step(s: &mut Session, id: u32) -> Vec<f32> {
                 }
             }
             barrier.wait();
+            // SAFETY (both views): every thread stored its heads (its rows) before the barrier
+            // above, and the next stores into it come after at least one more barrier, which
+            // each thread reaches only once it is done with the view.
             let a = normed(
                 st,
                 &mut scratch,
                 1,
-                &attn.to_vec(),
+                unsafe { attn.view() },
                 layer.attn_sub_norm.as_deref(),
                 eps,
                 &[&layer.o],
@@ -395,7 +398,7 @@ pub(super) fn step(s: &mut Session, id: u32) -> Vec<f32> {
                 st,
                 &mut scratch,
                 3,
-                &m.to_vec(),
+                unsafe { m.view() },
                 layer.ffn_sub_norm.as_deref(),
                 eps,
                 &[&layer.down],
@@ -409,5 +412,5 @@ pub(super) fn step(s: &mut Session, id: u32) -> Vec<f32> {
         head(st, &h, q8.as_ref(), &next[4 * nl], &logits);
     });
     s.pos += 1;
-    logits.to_vec()
+    logits.into_vec()
 }
