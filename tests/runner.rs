@@ -225,6 +225,14 @@ fn decode_in_pool(w: &Weights, kern: Kernel, ids: &[u32], threads: usize) -> Vec
         .collect()
 }
 
+/// A reservation whose bytes overflow the address space is refused with a panic, not
+/// allocated short (its size once wrapped to 2 MiB).
+#[test]
+#[should_panic(expected = "a KV cache within the address space")]
+fn kv_cache_refuses_a_reservation_past_the_address_space() {
+    bitnet::runner::ops::KvCache::new(1, 1, 16).reserve((1 << 58) + (1 << 15));
+}
+
 /// The KV cache holds every pushed row of every layer in place through a reservation, growth
 /// past it, and a reservation made after rows were pushed; the second case is large enough
 /// (8 MiB) to be allocated as huge pages.
@@ -564,10 +572,18 @@ proptest::proptest! {
         ),
         k in 0usize..8,
     ) {
-        let mut want: Vec<usize> = (0..x.len()).collect();
-        want.sort_by(|&i, &j| x[j].total_cmp(&x[i]).then(i.cmp(&j)));
-        want.truncate(k);
-        proptest::prop_assert_eq!(bitnet::runner::compare::top_k(&x, k), want);
+        // and with every sign set, so that the largest is negative (the greedy case's key
+        // flips negative values' bits)
+        let neg: Vec<f32> = x.iter().map(|v| -v.abs()).collect();
+        for x in [&x, &neg] {
+            let mut want: Vec<usize> = (0..x.len()).collect();
+            want.sort_by(|&i, &j| x[j].total_cmp(&x[i]).then(i.cmp(&j)));
+            for k in [k, 1] {
+                let mut want = want.clone();
+                want.truncate(k);
+                proptest::prop_assert_eq!(bitnet::runner::compare::top_k(x, k), want);
+            }
+        }
     }
 
     /// Grouped-query attention reads each cached key and value once for the group; every head

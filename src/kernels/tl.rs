@@ -324,6 +324,9 @@ pub mod x86 {
     /// The 16 table entries (i16) of the eight groups of chunks `c` and `c + 1` (which lie
     /// wholly inside `a`): per group `g`, entries 0–7 in `.0[g]` and 8–15 in `.1[g]`, chunk `c`
     /// in the low 128-bit lane and `c + 1` in the high one.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 (the callers are AVX2 functions).
     #[inline(always)]
     unsafe fn entries_avx2(a: &[i8], c: usize) -> ([__m256i; 8], [__m256i; 8]) {
         assert!(a.len() >= CHUNK_COLS * (c + 2));

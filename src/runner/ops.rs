@@ -323,13 +323,13 @@ impl Lines {
     const HUGE: usize = 2 << 20;
 
     fn zeroed(len: usize) -> Lines {
-        let bytes = len * std::mem::size_of::<Line>();
-        let layout = if bytes >= Self::HUGE {
-            std::alloc::Layout::from_size_align(bytes.next_multiple_of(Self::HUGE), Self::HUGE)
+        const TOO_LARGE: &str = "a KV cache within the address space";
+        let array = std::alloc::Layout::array::<Line>(len).expect(TOO_LARGE);
+        let layout = if array.size() >= Self::HUGE {
+            array.align_to(Self::HUGE).expect(TOO_LARGE).pad_to_align()
         } else {
-            std::alloc::Layout::array::<Line>(len)
-        }
-        .expect("a KV cache within the address space");
+            array
+        };
         if layout.size() == 0 {
             let ptr = std::ptr::NonNull::dangling();
             return Lines { ptr, len, layout };
@@ -418,18 +418,27 @@ impl KvCache {
     /// read at 89.6–90.5% of the bandwidth limit against 87.4–89.7, T2 q4, one thread.)
     pub fn reserve(&mut self, positions: usize) {
         if positions > self.cap {
-            self.grow(positions.next_multiple_of(64));
+            self.grow(
+                positions
+                    .checked_next_multiple_of(64)
+                    .expect("positions fit usize"),
+            );
         }
     }
 
-    /// Floats from the start to layer `l`'s kv head `h`.
+    /// Floats from the start to layer `l`'s kv head `h` (within the allocation, whose size
+    /// `grow` checked).
     fn offset(&self, l: usize, h: usize) -> usize {
         (l * self.heads + h) * self.cap * self.hd
     }
 
     /// Moves the cache into room for `cap` positions.
     fn grow(&mut self, cap: usize) {
-        let lines = (self.len.len() * self.heads * cap * self.hd).div_ceil(16);
+        let floats = [self.heads, cap, self.hd]
+            .into_iter()
+            .try_fold(self.len.len(), usize::checked_mul)
+            .expect("a KV cache within the address space");
+        let lines = floats.div_ceil(16);
         let mut grown = KvCache {
             data: Lines::zeroed(lines),
             cap,
@@ -451,7 +460,12 @@ impl KvCache {
         let (hd, width) = (self.hd, self.heads * self.hd);
         let t = rows.len().checked_div(width).unwrap_or(0);
         if self.len[l] + t > self.cap {
-            self.grow((self.len[l] + t).next_power_of_two().max(64));
+            let need = self.len[l] + t;
+            self.grow(
+                need.checked_next_power_of_two()
+                    .expect("positions fit usize")
+                    .max(64),
+            );
         }
         let (len, start) = (self.len[l], self.offset(l, 0));
         let cap = self.cap;
