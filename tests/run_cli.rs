@@ -82,16 +82,11 @@ fn verify_exit_codes() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stdout).contains("verdict   FAIL"));
     // errors: exit 2
-    let o = Command::cargo_bin("bitnet-verify")
-        .unwrap()
-        .env("BITNET_KERNEL", "sse9")
-        .arg(&m)
-        .args(["--ids", "0"])
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(2));
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains("BITNET_KERNEL=\"sse9\" is not a kernel path")
+    env_is_refused(
+        "bitnet-verify",
+        &m,
+        ("BITNET_KERNEL", "sse9"),
+        "BITNET_KERNEL=\"sse9\" is not a kernel path",
     );
     // a real path this CPU lacks (avx512 on most machines): a clear error, never a crash or a
     // silent fallback
@@ -100,19 +95,8 @@ fn verify_exit_codes() {
             continue;
         }
         for bin in ["bitnet-verify", "bitnet-run"] {
-            let o = Command::cargo_bin(bin)
-                .unwrap()
-                .env("BITNET_KERNEL", name)
-                .arg(&m)
-                .args(["--ids", "0"])
-                .output()
-                .unwrap();
-            assert_eq!(o.status.code(), Some(2), "{bin} {name}");
-            let err = String::from_utf8_lossy(&o.stderr);
-            assert!(
-                err.contains(&format!("this CPU cannot run the {name} path")),
-                "{err}"
-            );
+            let msg = format!("this CPU cannot run the {name} path");
+            env_is_refused(bin, &m, ("BITNET_KERNEL", name), &msg);
         }
     }
     let o = Command::cargo_bin("bitnet-verify")
@@ -539,20 +523,24 @@ fn prefetch_modes_decode_the_same_and_are_reported() {
     }
     let m = tmp.path().join("bitnet-latent.bnet");
     for bin in ["bitnet-run", "bitnet-verify"] {
-        let o = Command::cargo_bin(bin)
-            .unwrap()
-            .env("BITNET_PREFETCH", "t0")
-            .arg(&m)
-            .args(["--ids", "0"])
-            .output()
-            .unwrap();
-        assert_eq!(o.status.code(), Some(2), "{bin}");
-        let err = String::from_utf8_lossy(&o.stderr);
-        assert!(
-            err.contains("BITNET_PREFETCH=\"t0\" is not a prefetch mode"),
-            "{bin}: {err}"
-        );
+        let msg = "BITNET_PREFETCH=\"t0\" is not a prefetch mode; use l2 or nta";
+        env_is_refused(bin, &m, ("BITNET_PREFETCH", "t0"), msg);
     }
+}
+
+/// `bin` on model `m` (`--ids 0`) with the environment variable `var` set to `value` exits 2
+/// with `msg` in its error.
+fn env_is_refused(bin: &str, m: &Path, (var, value): (&str, &str), msg: &str) {
+    let o = Command::cargo_bin(bin)
+        .unwrap()
+        .env(var, value)
+        .arg(m)
+        .args(["--ids", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{bin} {var}={value}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains(msg), "{bin} {var}={value}: {err}");
 }
 
 /// `--bench --json` reports the bytes a decode step streams (every packed projection plus the

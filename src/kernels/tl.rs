@@ -573,12 +573,16 @@ pub mod x86 {
         let pairs = (a.len() / CHUNK_COLS).min(chunks) / 2;
         // byte i of the result: byte 2i of the words of `pos` then `neg` (their low bytes),
         // and byte 2i + 1 (their high bytes)
-        let mut bytes = [0u8; 64];
-        bytes
-            .iter_mut()
-            .enumerate()
-            .for_each(|(i, b)| *b = 2 * i as u8);
-        let low = _mm512_loadu_si512(bytes.as_ptr() as *const _);
+        const EVEN: [u8; 64] = {
+            let mut b = [0u8; 64];
+            let mut i = 0;
+            while i < 64 {
+                b[i] = 2 * i as u8;
+                i += 1;
+            }
+            b
+        };
+        let low = _mm512_loadu_si512(EVEN.as_ptr() as *const _);
         let high = _mm512_add_epi8(low, _mm512_set1_epi8(1));
         for c in (0..2 * pairs).step_by(2) {
             let (lo8, hi8) = entries_avx2(a, c);

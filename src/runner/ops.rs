@@ -459,8 +459,8 @@ impl KvCache {
     pub fn push(&mut self, l: usize, rows: &[f32]) {
         let (hd, width) = (self.hd, self.heads * self.hd);
         let t = rows.len().checked_div(width).unwrap_or(0);
-        if self.len[l] + t > self.cap {
-            let need = self.len[l] + t;
+        let need = self.len[l] + t;
+        if need > self.cap {
             self.grow(
                 need.checked_next_power_of_two()
                     .expect("positions fit usize")
