@@ -581,6 +581,8 @@ fn bench_reports_bytes_and_bandwidth() {
             7 * per_pos,
             "{extra:?}"
         );
+        // the cache held: the prompt's 5 positions and 3 decoded
+        assert_eq!(r["kv_cache_bytes"], 8 * per_pos, "{extra:?}");
         assert_eq!(r["prompt_tokens"], 5);
         assert_eq!(r["decode_tokens"], 3);
         assert_eq!(r["threads"], 1);
@@ -670,4 +672,62 @@ fn q4_head_verifies_and_its_cost_is_bounded() {
         assert!(q4 > 0.0 && q4 < 1e-2, "{dir}: q4 head KL {q4}");
         assert!(i8 < q4 / 10.0, "{dir}: i8 head KL {i8} vs q4 {q4}");
     }
+}
+
+/// Decode reads its weights in place from the mapped file: right after `--bench` decodes a
+/// synthetic model whose decode streams ~87 MB of weights, those bytes are resident as mapped
+/// file pages and the anonymous memory (heap, KV cache, buffers) is far below them. A runner
+/// that copied the weights to the heap would hold them as anonymous memory. Linux only (the
+/// report comes from /proc).
+#[cfg(target_os = "linux")]
+#[test]
+fn decode_reads_weights_in_place() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("mid");
+    let spec = bitnet::synth::SynthSpec {
+        hidden: 1024,
+        intermediate: 2816,
+        layers: 8,
+        heads: 16,
+        kv_heads: 4,
+        vocab: 32000,
+        tied: true,
+        packed: true,
+        silu: false,
+    };
+    bitnet::synth::write_checkpoint(&dir, &spec, 3).unwrap();
+    let m = tmp.path().join("mid.bnet");
+    let o = Command::cargo_bin("bitnet-pack")
+        .unwrap()
+        .arg(&dir)
+        .arg(&m)
+        .arg("--quiet")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = Command::cargo_bin("bitnet-run")
+        .unwrap()
+        .arg(&m)
+        .args(["--bench", "--bench-prompt", "8", "--bench-decode", "4"])
+        .args(["--threads", "1", "--json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let weights = r["weight_bytes_per_decode_token"].as_u64().unwrap();
+    let kv = r["kv_cache_bytes"].as_u64().unwrap();
+    let c = &spec;
+    let per_pos = 2 * c.layers * c.kv_heads * (c.hidden / c.heads) * 4;
+    assert_eq!(kv, 12 * per_pos);
+    assert!(weights > 80_000_000, "{r}");
+    let mem = &r["resident_after_decode"];
+    let (anon, file) = (mem["anon_bytes"].as_u64(), mem["file_bytes"].as_u64());
+    let (anon, file) = (anon.unwrap(), file.unwrap());
+    assert!(file >= weights, "weights not resident as file pages: {r}");
+    assert!(
+        anon < kv + weights / 2,
+        "weights copied to anonymous memory? {r}"
+    );
+    // VmRSS also counts shared memory (RssShmem)
+    assert!(mem["total_bytes"].as_u64().unwrap() >= anon + file, "{r}");
 }

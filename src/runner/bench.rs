@@ -37,6 +37,11 @@ pub struct BenchReport {
     pub read_bandwidth_gb_per_s: f64,
     /// `decode_gb_per_s / read_bandwidth_gb_per_s`.
     pub decode_share_of_bandwidth: f64,
+    /// The KV cache held for the prompt and every decode step.
+    pub kv_cache_bytes: u64,
+    /// This process's memory right after the last decode step, session alive (Linux only):
+    /// the weights count as mapped file pages, read in place, not as heap.
+    pub resident_after_decode: Option<crate::cli::Resident>,
 }
 
 /// The weight slices one decode step reads in full.
@@ -168,6 +173,7 @@ pub fn run(w: &Weights, kern: Kernel, prompt: usize, decode: usize) -> Result<Be
         last = s.forward(&[next], false)?.pop().expect("one position");
     }
     let tg = t1.elapsed().as_secs_f64();
+    let resident = crate::cli::resident();
     let bw = bw.max(read_bandwidth(&slices, 3));
     debug_assert_eq!(s.kv_bytes(), (prompt + decode) as u64 * kv_pos);
     let gbps = per_token as f64 * decode as f64 / tg / 1e9;
@@ -186,5 +192,7 @@ pub fn run(w: &Weights, kern: Kernel, prompt: usize, decode: usize) -> Result<Be
         decode_gb_per_s: all,
         read_bandwidth_gb_per_s: bw,
         decode_share_of_bandwidth: all / bw,
+        kv_cache_bytes: s.kv_bytes(),
+        resident_after_decode: resident,
     })
 }
