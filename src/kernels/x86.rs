@@ -289,6 +289,22 @@ pub fn prefetch_stream(p: *const u8, bytes: usize) {
     }
 }
 
+/// Prefetches row `s + d` of attention's key or value cache while row `s` (at `row`, rows
+/// `stride` bytes apart, `bytes` long) is read: with [`Prefetch::Nta`] `d = 8` and
+/// `prefetchnta`, else `d = 4` into L2. On Zen 5 the non-temporal rows 8 ahead read the cache
+/// 10–15% faster from memory than rows 4 ahead into L2 (criterion `attention`, 4 steps from
+/// memory: medians 24.0 against 20.6 GiB/s over five rounds of shuffled variants, faster in
+/// each; keys alone non-temporal, or 6 rows ahead, were in between), and a 1-thread decode
+/// spent 5–10% less time in attention.
+#[inline(always)]
+pub fn prefetch_kv_row(row: *const u8, stride: usize, bytes: usize) {
+    if NTA.load(Ordering::Relaxed) {
+        prefetch_with::<_MM_HINT_NTA>(row.wrapping_add(8 * stride), bytes);
+    } else {
+        prefetch(row.wrapping_add(4 * stride), bytes);
+    }
+}
+
 /// Prefetches the weight stream's cache line ahead of `p` ([`prefetch_stream`]).
 #[inline(always)]
 pub fn prefetch_ahead(p: *const u8) {

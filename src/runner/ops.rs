@@ -572,14 +572,9 @@ pub fn attend_group(
     }
 }
 
-/// Key and value rows prefetched this many positions ahead of the score pass (2 KiB each for
-/// 128-float heads; 16 positions and none measured the same within the noise).
-#[cfg(target_arch = "x86_64")]
-const AHEAD: usize = 4;
-
 /// The scaled scores `[head][position]` into `p` (`n` positions per head), each key loaded
-/// once for the group (and its value row prefetched, so the value pass reads from L2: 7%
-/// faster from memory, criterion `attention`). dot4_avx2(key, [4 heads]) multiplies the same
+/// once for the group (and its value row prefetched, so the value pass reads from cache: 7%
+/// faster from memory, criterion `attention`; `prefetch_kv_row` says how far ahead). dot4_avx2(key, [4 heads]) multiplies the same
 /// pairs in the same order as dot_avx2(head, key): products commute.
 /// Eight positions at a time, a group of four heads' sums are reduced across lanes together
 /// (`reduce8_avx2`, the same additions as `reduce_lanes`): one reduction per position and head
@@ -588,20 +583,16 @@ const AHEAD: usize = 4;
 #[target_feature(enable = "avx2")]
 #[inline]
 unsafe fn scores_avx2(qs: &[f32], hd: usize, kv: KvHead, scale: f32, p: &mut [f32]) {
-    use crate::kernels::x86::prefetch;
+    use crate::kernels::x86::prefetch_kv_row;
     use std::arch::x86_64::*;
     let g = qs.len() / hd;
     let n = p.len() / g;
     let q = |h: usize| &qs[h * hd..][..hd];
+    // the key and value rows ahead of position s (the value pass then reads from cache)
     let key = |s: usize| {
-        prefetch(
-            kv.k.as_ptr().wrapping_add((s + AHEAD) * kv.stride) as *const u8,
-            4 * hd,
-        );
-        prefetch(
-            kv.v.as_ptr().wrapping_add((s + AHEAD) * kv.stride) as *const u8,
-            4 * hd,
-        );
+        let row = |c: &[f32]| c.as_ptr().wrapping_add(s * kv.stride) as *const u8;
+        prefetch_kv_row(row(kv.k), 4 * kv.stride, 4 * hd);
+        prefetch_kv_row(row(kv.v), 4 * kv.stride, 4 * hd);
         &kv.k[s * kv.stride..][..hd]
     };
     let heads4 = if hd.is_multiple_of(8) { g / 4 * 4 } else { 0 };
