@@ -292,10 +292,10 @@ pub fn prefetch_stream(p: *const u8, bytes: usize) {
 /// Prefetches row `s + d` of attention's key or value cache while row `s` (at `row`, rows
 /// `stride` bytes apart, `bytes` long) is read: with [`Prefetch::Nta`] `d = 8` and
 /// `prefetchnta`, else `d = 4` into L2. On Zen 5 the non-temporal rows 8 ahead read the cache
-/// 10–15% faster from memory than rows 4 ahead into L2 (criterion `attention`, 4 steps from
-/// memory: medians 24.0 against 20.6 GiB/s over five rounds of shuffled variants, faster in
-/// each; keys alone non-temporal, or 6 rows ahead, were in between), and a 1-thread decode
-/// spent 5–10% less time in attention.
+/// faster from memory than rows 4 ahead into L2 (criterion `attention`, 4 steps from memory,
+/// shuffled rounds: faster in 5 of 5, medians 24.0 against 20.6 GiB/s, and in 8 of 10, 24.6
+/// against 23.4; keys alone non-temporal, or 6 rows ahead, were in between), and 1-thread
+/// decode steps spent 5–10% less time in attention.
 #[inline(always)]
 pub fn prefetch_kv_row(row: *const u8, stride: usize, bytes: usize) {
     if NTA.load(Ordering::Relaxed) {

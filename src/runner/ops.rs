@@ -574,8 +574,9 @@ pub fn attend_group(
 
 /// The scaled scores `[head][position]` into `p` (`n` positions per head), each key loaded
 /// once for the group (and its value row prefetched, so the value pass reads from cache: 7%
-/// faster from memory, criterion `attention`; `prefetch_kv_row` says how far ahead). dot4_avx2(key, [4 heads]) multiplies the same
-/// pairs in the same order as dot_avx2(head, key): products commute.
+/// faster from memory, criterion `attention`; `prefetch_kv_row` says how far ahead).
+/// dot4_avx2(key, [4 heads]) multiplies the same pairs in the same order as
+/// dot_avx2(head, key): products commute.
 /// Eight positions at a time, a group of four heads' sums are reduced across lanes together
 /// (`reduce8_avx2`, the same additions as `reduce_lanes`): one reduction per position and head
 /// through memory was the largest share of attention in perf.
