@@ -41,8 +41,15 @@ fn golden_json(dir: &str) -> Value {
 #[test]
 fn verify_passes_on_every_family_and_kernel_path() {
     let tmp = tempfile::tempdir().unwrap();
-    for dir in FIXTURES {
-        let m = packed(dir, tmp.path(), &[]);
+    // and the latent fixtures binarized (B1 weights)
+    let bin = tmp.path().join("binary");
+    std::fs::create_dir(&bin).unwrap();
+    let binaries = ["bitnet-latent", "onebitllm", "onebitllm-256"]
+        .map(|dir| (dir, packed(dir, &bin, &["--quant", "binary"])));
+    let ternaries = FIXTURES
+        .iter()
+        .map(|dir| (*dir, packed(dir, tmp.path(), &[])));
+    for (dir, m) in ternaries.chain(binaries) {
         let prompt = golden_json(dir)["prompts"][1].as_str().unwrap().to_string();
         for kern in bitnet::kernels::Kernel::all_available() {
             let o = Command::cargo_bin("bitnet-verify")

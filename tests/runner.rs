@@ -12,7 +12,7 @@ use bitnet::format::bnet::DType;
 use bitnet::format::BnetFile;
 use bitnet::hf::{Checkpoint, Sources};
 use bitnet::kernels::Kernel;
-use bitnet::pack::{pack, Layout, PackOptions};
+use bitnet::pack::{pack, Layout, PackOptions, QuantKind};
 use bitnet::runner::{fast::Session, reference, weights::Weights};
 use safetensors::SafeTensors;
 use std::path::{Path, PathBuf};
@@ -27,6 +27,18 @@ const FIXTURES: &[&str] = &[
     "llama-bitlinear-256",
     "onebitllm-256",
 ];
+/// The fixtures with latent (float) weights, which `--quant binary` can binarize.
+const LATENT: &[&str] = &["bitnet-latent", "onebitllm", "onebitllm-256"];
+
+/// `dir` binarized (B1 weights, scale β = mean|W|): transformers has no class for these, so
+/// the fast runner is checked against the reference only.
+fn binary(dir: &str, tmp: &Path) -> PathBuf {
+    let opts = PackOptions {
+        quant: QuantKind::Binary,
+        ..Default::default()
+    };
+    packed_with(dir, tmp, &opts)
+}
 
 fn packed(dir: &str, tmp: &Path) -> PathBuf {
     packed_with(dir, tmp, &PackOptions::default())
@@ -48,7 +60,7 @@ fn pack_dir(src: &Path, dir: &str, tmp: &Path, opts: &PackOptions, tokenizer: bo
         },
     )
     .unwrap();
-    let out = tmp.join(format!("{dir}-{:?}.bnet", opts.layout));
+    let out = tmp.join(format!("{dir}-{:?}-{:?}.bnet", opts.quant, opts.layout));
     let f = std::fs::File::create(&out).unwrap();
     pack(&ck, f, &out, opts, &|_| {}).unwrap();
     out
@@ -161,8 +173,13 @@ fn reference_matches_transformers_golden_logits() {
 #[test]
 fn fast_runner_matches_reference_on_every_kernel_path() {
     let tmp = tempfile::tempdir().unwrap();
-    for dir in FIXTURES {
-        let f = BnetFile::open(&packed(dir, tmp.path())).unwrap();
+    let binaries = LATENT.iter().map(|d| (*d, binary(d, tmp.path())));
+    for (dir, path) in FIXTURES
+        .iter()
+        .map(|d| (*d, packed(d, tmp.path())))
+        .chain(binaries)
+    {
+        let f = BnetFile::open(&path).unwrap();
         let w = Weights::load(&f).unwrap();
         for g in goldens(dir) {
             let want = reference::logits(&w, &g.ids).unwrap();
@@ -200,6 +217,40 @@ fn fast_runner_matches_reference_on_every_kernel_path() {
                 }
             }
         }
+    }
+}
+
+/// A binarized latent fixture runs on one-bit weights: every projection is B1, and its
+/// reference logits are not the ternary model's (the runner cannot have read the file as
+/// ternary); the fast runner's agreement with the reference is checked with every family
+/// above.
+#[test]
+fn binary_models_run_on_one_bit_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    for dir in LATENT {
+        let (bf, tf) = (binary(dir, tmp.path()), packed(dir, tmp.path()));
+        let (bf, tf) = (BnetFile::open(&bf).unwrap(), BnetFile::open(&tf).unwrap());
+        let (bw, tw) = (Weights::load(&bf).unwrap(), Weights::load(&tf).unwrap());
+        for l in &bw.layers {
+            for p in [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down] {
+                assert_eq!(p.dtype, DType::B1, "{dir}");
+            }
+        }
+        let ids = &goldens(dir)[0].ids;
+        let (b, t) = (
+            reference::logits(&bw, ids).unwrap(),
+            reference::logits(&tw, ids).unwrap(),
+        );
+        let d = b
+            .iter()
+            .zip(&t)
+            .map(|(b, t)| max_abs(b, t))
+            .fold(0f32, f32::max);
+        assert!(
+            d > 0.1,
+            "{dir}: binary and ternary logits differ by only {d}"
+        );
+        assert!(b.iter().flatten().all(|x| x.is_finite()), "{dir}");
     }
 }
 
