@@ -550,6 +550,20 @@ fn env_is_refused(bin: &str, m: &Path, (var, value): (&str, &str), msg: &str) {
     assert!(err.contains(msg), "{bin} {var}={value}: {err}");
 }
 
+/// `bitnet-run M --bench --json` on one thread with `prompt` and `decode` tokens: its report.
+fn bench_json(m: &Path, prompt: usize, decode: usize) -> Value {
+    let o = Command::cargo_bin("bitnet-run")
+        .unwrap()
+        .arg(m)
+        .args(["--bench", "--bench-prompt", &prompt.to_string()])
+        .args(["--bench-decode", &decode.to_string()])
+        .args(["--threads", "1", "--json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
 /// `--bench --json` reports the bytes a decode step streams (every packed projection plus the
 /// head, counted here from the index independently; the f32 KV cache, from the config) and a
 /// bandwidth measured on them;
@@ -570,15 +584,7 @@ fn bench_reports_bytes_and_bandwidth() {
             .filter(|e| e.dtype.is_packed() || e.name == head)
             .map(|e| e.len)
             .sum();
-        let o = Command::cargo_bin("bitnet-run")
-            .unwrap()
-            .arg(&m)
-            .args(["--bench", "--bench-prompt", "5", "--bench-decode", "3"])
-            .args(["--threads", "1", "--json"])
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        let r: Value = serde_json::from_slice(&o.stdout).unwrap();
+        let r = bench_json(&m, 5, 3);
         assert_eq!(r["weight_bytes_per_decode_token"], expect, "{extra:?}");
         // decode steps at positions 5, 6, 7 read 6, 7, 8 positions of keys and values
         let c = bitnet::runner::weights::Weights::load(&f).unwrap().cfg;
@@ -712,15 +718,7 @@ fn decode_reads_weights_in_place() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let o = Command::cargo_bin("bitnet-run")
-        .unwrap()
-        .arg(&m)
-        .args(["--bench", "--bench-prompt", "8", "--bench-decode", "4"])
-        .args(["--threads", "1", "--json"])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let r: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let r = bench_json(&m, 8, 4);
     let weights = r["weight_bytes_per_decode_token"].as_u64().unwrap();
     let kv = r["kv_cache_bytes"].as_u64().unwrap();
     let c = &spec;
