@@ -238,6 +238,22 @@ fn run_errors() {
         assert!(e.contains(needle), "expected {needle:?} in {e}");
     };
     check(run(&["--prompt", ""]), "the prompt is empty");
+    // sampling settings that mean nothing (a NaN temperature had sampled from NaN
+    // probabilities and printed garbage with exit 0)
+    for (flag, v, msg) in [
+        ("--temp", "nan", "is not a temperature"),
+        ("--temp", "inf", "is not a temperature"),
+        ("--top-p", "0", "is not a probability mass"),
+        ("--top-p", "1.5", "is not a probability mass"),
+    ] {
+        check(run(&["--prompt", "In the beginning", flag, v]), msg);
+    }
+    let empty = tmp.path().join("empty.txt");
+    std::fs::write(&empty, "").unwrap();
+    check(
+        run(&["--ppl", empty.to_str().unwrap()]),
+        "the file is empty; perplexity needs",
+    );
     check(
         run(&["--ids", "1,600"]),
         "token id 600 is outside the vocabulary",

@@ -95,6 +95,8 @@ fn nll(logits: &[f32], target: u32) -> f64 {
 }
 
 fn run(a: Args) -> Result<()> {
+    // bad sampling settings are refused before any work, whatever the mode
+    let mut sampler = Sampler::new(a.temp, a.top_k, a.top_p, a.seed)?;
     if let Some(n) = a.threads {
         let cores = std::thread::available_parallelism().map_or(n, |c| c.get());
         if n > cores {
@@ -148,6 +150,12 @@ fn run(a: Args) -> Result<()> {
 
     if let Some(path) = &a.ppl {
         let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
+        if text.is_empty() {
+            bail!(
+                "{}: the file is empty; perplexity needs at least 2 tokens of text",
+                path.display()
+            );
+        }
         let tok = tok.map_err(|e| anyhow::anyhow!("{e}"))?;
         let ids = tok.encode(&text)?;
         bitnet::runner::check_ids(&w.cfg, &ids)?;
@@ -250,7 +258,6 @@ fn run(a: Args) -> Result<()> {
         return Ok(());
     }
 
-    let mut sampler = Sampler::new(a.temp, a.top_k, a.top_p, a.seed);
     let n = a.tokens.min(ctx - prompt.len());
     let mut s = Session::new(&w, kern);
     s.reserve(prompt.len() + n);

@@ -1,23 +1,38 @@
 //! Choosing the next token: greedy, or temperature / top-k / top-p sampling with a seeded RNG
 //! (xorshift64*, so a seed gives the same text on every machine).
 
+use crate::error::{Error, Result};
+
 /// Sampling settings; `temperature == 0` is greedy.
 #[derive(Clone, Copy, Debug)]
 pub struct Sampler {
-    pub temperature: f32,
-    pub top_k: usize,
-    pub top_p: f32,
+    temperature: f32,
+    top_k: usize,
+    top_p: f32,
     state: u64,
 }
 
 impl Sampler {
-    pub fn new(temperature: f32, top_k: usize, top_p: f32, seed: u64) -> Sampler {
-        Sampler {
+    /// Refuses a temperature that is negative or not finite and a `top_p` outside (0, 1]: a
+    /// NaN temperature had sampled every token from NaN probabilities.
+    pub fn new(temperature: f32, top_k: usize, top_p: f32, seed: u64) -> Result<Sampler> {
+        if !(temperature.is_finite() && temperature >= 0.0) {
+            return Err(Error::Usage(format!(
+                "--temp {temperature} is not a temperature: give 0 (greedy) or a positive number"
+            )));
+        }
+        if !(top_p > 0.0 && top_p <= 1.0) {
+            return Err(Error::Usage(format!(
+                "--top-p {top_p} is not a probability mass: give a number in (0, 1] (1 keeps \
+                 every token)"
+            )));
+        }
+        Ok(Sampler {
             temperature,
             top_k,
             top_p,
             state: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
-        }
+        })
     }
 
     fn uniform(&mut self) -> f64 {
