@@ -79,16 +79,34 @@ fn verify_passes_on_every_family_and_kernel_path() {
 fn verify_exit_codes() {
     let tmp = tempfile::tempdir().unwrap();
     let m = packed("bitnet-latent", tmp.path(), &[]);
-    // outside tolerance: exit 1
+    // outside tolerance: exit 1 (an int8 copy of the head, against the reference reading the
+    // bf16 one, moves logits by far more than 1e-6 on every kernel path)
+    let sub = tmp.path().join("i8");
+    std::fs::create_dir(&sub).unwrap();
+    let i8 = packed("bitnet-latent", &sub, &["--lm-head", "i8"]);
     let o = Command::cargo_bin("bitnet-verify")
         .unwrap()
-        .arg(&m)
-        .args(["--ids", "0,42,79", "--tokens", "2", "--max-delta=-1"])
+        .arg(&i8)
+        .args(["--reference", m.to_str().unwrap()])
+        .args(["--ids", "0,42,79", "--tokens", "2", "--max-delta", "1e-6"])
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stdout).contains("verdict   FAIL"));
-    // errors: exit 2
+    // errors: exit 2; a tolerance that no model can meet is one
+    for (flag, msg) in [
+        ("--max-delta=-1", "-1 is not a tolerance"),
+        ("--max-kl=nan", "nan is not a tolerance"),
+    ] {
+        let o = Command::cargo_bin("bitnet-verify")
+            .unwrap()
+            .arg(&m)
+            .args(["--ids", "0,42,79", flag])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{flag}");
+        assert!(String::from_utf8_lossy(&o.stderr).contains(msg), "{flag}");
+    }
     env_is_refused(
         "bitnet-verify",
         &m,

@@ -40,10 +40,10 @@ struct Args {
     tokens: usize,
     /// Tolerance: largest |delta logit| at any position. Default 0.15: int8 rounding-boundary
     /// flips between two correct float32 implementations reach ~0.1 on small models.
-    #[arg(long, default_value_t = 0.15)]
+    #[arg(long, default_value_t = 0.15, value_parser = tolerance::<f32>)]
     max_delta: f32,
     /// Tolerance: mean KL(reference || fast) in nats
-    #[arg(long, default_value_t = 1e-4)]
+    #[arg(long, default_value_t = 1e-4, value_parser = tolerance::<f64>)]
     max_kl: f64,
     /// Print every position
     #[arg(long)]
@@ -232,6 +232,20 @@ fn run(a: Args) -> Result<u8> {
         );
     }
     Ok(if pass { EXIT_OK } else { EXIT_FAILED })
+}
+
+/// A tolerance flag's value: a number, 0 or more (`inf` turns the check off). A NaN or
+/// negative tolerance would fail every model, so it is a usage error (exit 2), not a verdict.
+fn tolerance<T: std::str::FromStr + PartialOrd + Default>(s: &str) -> Result<T, String> {
+    let v: T = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
+    // NaN compares false
+    if v >= T::default() {
+        Ok(v)
+    } else {
+        Err(format!(
+            "{s} is not a tolerance: give 0 or more (inf turns the check off)"
+        ))
+    }
 }
 
 fn main() -> ExitCode {
