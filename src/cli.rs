@@ -59,16 +59,50 @@ fn status_bytes(status: &str, key: &str) -> Option<u64> {
     kb.checked_mul(1024)
 }
 
-/// Ends a binary: prints an error as one `error:` line (with its causes, `{:#}`) and maps the
-/// outcome to the exit code.
-pub fn exit(outcome: Result<u8, impl std::fmt::Display>) -> std::process::ExitCode {
+/// Ends a binary: prints an error as one `error:` line (with its causes, [`chain_message`])
+/// and maps the outcome to the exit code.
+pub fn exit<E>(outcome: Result<u8, E>) -> std::process::ExitCode
+where
+    E: AsRef<dyn std::error::Error + Send + Sync + 'static>,
+{
     match outcome {
         Ok(code) => std::process::ExitCode::from(code),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", chain_message(e.as_ref()));
             std::process::ExitCode::from(EXIT_ERROR)
         }
     }
+}
+
+/// An error and its causes joined by ": ", each said once. A file error names its path and
+/// repeats its cause's text, and the binaries add the path they were working on as context, so
+/// the plain chain read "/tmp: /tmp: No such device (os error 19): No such device (os error
+/// 19)". A message that the next one begins with (followed by ": "), or a cause that the
+/// message before ends with, is dropped.
+pub fn chain_message(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut msgs = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !msgs.last().is_some_and(|prev| prev.ends_with(&m)) {
+            msgs.push(m);
+        }
+        cur = c.source();
+    }
+    let keep = |(i, m): (usize, &String)| {
+        let next = msgs.get(i + 1);
+        !next.is_some_and(|n| {
+            n.strip_prefix(m.as_str())
+                .is_some_and(|r| r.starts_with(": "))
+        })
+    };
+    let kept: Vec<&str> = msgs
+        .iter()
+        .enumerate()
+        .filter(|&p| keep(p))
+        .map(|(_, m)| m.as_str())
+        .collect();
+    kept.join(": ")
 }
 
 /// Lets the C allocator keep freed buffers of up to 32 MiB for reuse instead of returning them
@@ -110,7 +144,13 @@ pub fn open_model(
         } else {
             ""
         };
-        crate::Error::Usage(format!("{}: {e}{hint}", path.display()))
+        match &e {
+            // it names the path already
+            crate::Error::Io { path: p, .. } if p == path => {
+                crate::Error::Usage(format!("{e}{hint}"))
+            }
+            _ => crate::Error::Usage(format!("{}: {e}{hint}", path.display())),
+        }
     })?;
     if gguf && !quiet {
         eprintln!(
@@ -124,7 +164,55 @@ pub fn open_model(
 
 #[cfg(test)]
 mod tests {
-    use super::status_bytes;
+    use super::{chain_message, status_bytes};
+
+    /// An error with a message and an optional cause.
+    #[derive(Debug)]
+    struct E(String, Option<Box<E>>);
+
+    impl std::fmt::Display for E {
+        fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str(&self.0)
+        }
+    }
+
+    impl std::error::Error for E {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|e| e as _)
+        }
+    }
+
+    fn chain(msgs: &[&str]) -> E {
+        msgs.iter()
+            .rev()
+            .fold(None, |cause, m| Some(E(m.to_string(), cause.map(Box::new))))
+            .unwrap()
+    }
+
+    #[test]
+    fn error_chains_say_each_thing_once() {
+        // context, a file error naming its path and cause, the cause
+        let e = chain(&["/tmp", "/tmp: No such device", "No such device"]);
+        assert_eq!(chain_message(&e), "/tmp: No such device");
+        // distinct messages are all kept, in order
+        let e = chain(&["model.bnet", "not a valid .bnet file: bad magic"]);
+        assert_eq!(
+            chain_message(&e),
+            "model.bnet: not a valid .bnet file: bad magic"
+        );
+        let e = chain(&["reading config", "x.json", "expected value at line 1"]);
+        assert_eq!(
+            chain_message(&e),
+            "reading config: x.json: expected value at line 1"
+        );
+        // a message equal to the next is said once
+        let e = chain(&["same", "same"]);
+        assert_eq!(chain_message(&e), "same");
+        assert_eq!(chain_message(&chain(&["alone"])), "alone");
+        // a context that is only a prefix of the next path is kept
+        let e = chain(&["/tmp/a", "/tmp/ab: No such file"]);
+        assert_eq!(chain_message(&e), "/tmp/a: /tmp/ab: No such file");
+    }
 
     #[test]
     fn status_lines_are_read_by_exact_key() {

@@ -266,6 +266,26 @@ fn run_errors() {
     ] {
         check(run(&["--prompt", "In the beginning", flag, v]), msg);
     }
+    // a directory or a missing file: said once, with what to do
+    let missing = tmp.path().join("missing.bnet");
+    for (path, msg) in [
+        (fixture("bitnet-latent"), "is a directory, not a .bnet file"),
+        (missing.clone(), "No such file or directory"),
+    ] {
+        for bin in ["bitnet-run", "bitnet-verify", "bitnet-inspect"] {
+            let mut c = Command::cargo_bin(bin).unwrap();
+            c.arg(&path);
+            if bin != "bitnet-inspect" {
+                c.args(["--prompt", "hi"]);
+            }
+            let o = c.output().unwrap();
+            let e = String::from_utf8_lossy(&o.stderr);
+            assert_eq!(o.status.code(), Some(2), "{bin}: {e}");
+            assert!(e.contains(msg), "{bin}: {e}");
+            let p = path.display().to_string();
+            assert_eq!(e.matches(&p).count(), 1, "{bin}: the path once: {e}");
+        }
+    }
     let empty = tmp.path().join("empty.txt");
     std::fs::write(&empty, "").unwrap();
     check(

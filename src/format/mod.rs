@@ -23,6 +23,18 @@ impl BnetFile {
 
     /// Maps an open file (e.g. an unlinked temporary one); `path` names it in errors.
     pub fn from_file(file: &std::fs::File, path: &Path) -> Result<BnetFile> {
+        // mapping a directory or a device fails with a bare "No such device"
+        let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+        if !meta.is_file() {
+            let what = if meta.is_dir() {
+                "is a directory, not a .bnet file (a Hugging Face checkpoint directory is packed \
+                 first: bitnet-pack DIR OUT.bnet)"
+            } else {
+                "is not a regular file; give a .bnet file"
+            };
+            let e = std::io::Error::new(std::io::ErrorKind::InvalidInput, what);
+            return Err(Error::io(path, e));
+        }
         // SAFETY: read-only mapping; we assume no other process truncates the file while it
         // is open (the usual contract of mmap-based model loaders).
         let map = unsafe { Mmap::map(file) }.map_err(|e| Error::io(path, e))?;
