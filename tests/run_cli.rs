@@ -286,6 +286,10 @@ fn run_errors() {
             assert_eq!(e.matches(&p).count(), 1, "{bin}: the path once: {e}");
         }
     }
+    check(
+        run(&["--prompt", "hi", "--threads", "0"]),
+        "--threads 0: give at least 1",
+    );
     let empty = tmp.path().join("empty.txt");
     std::fs::write(&empty, "").unwrap();
     check(

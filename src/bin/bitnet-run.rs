@@ -98,6 +98,9 @@ fn run(a: Args) -> Result<()> {
     // bad sampling settings are refused before any work, whatever the mode
     let mut sampler = Sampler::new(a.temp, a.top_k, a.top_p, a.seed)?;
     if let Some(n) = a.threads {
+        if n == 0 {
+            bail!("--threads 0: give at least 1 (leave it out to use every core)");
+        }
         let cores = std::thread::available_parallelism().map_or(n, |c| c.get());
         if n > cores {
             // decode's threads meet at a barrier several times per layer: a thread without a
