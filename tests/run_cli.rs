@@ -13,6 +13,8 @@ const FIXTURES: &[&str] = &[
     "llama-bitlinear-256",
     "onebitllm-256",
 ];
+/// The fixtures with latent (float) weights, which `--quant binary` can binarize.
+const LATENT: &[&str] = &["bitnet-latent", "onebitllm", "onebitllm-256"];
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -44,8 +46,9 @@ fn verify_passes_on_every_family_and_kernel_path() {
     // and the latent fixtures binarized (B1 weights)
     let bin = tmp.path().join("binary");
     std::fs::create_dir(&bin).unwrap();
-    let binaries = ["bitnet-latent", "onebitllm", "onebitllm-256"]
-        .map(|dir| (dir, packed(dir, &bin, &["--quant", "binary"])));
+    let binaries = LATENT
+        .iter()
+        .map(|dir| (*dir, packed(dir, &bin, &["--quant", "binary"])));
     let ternaries = FIXTURES
         .iter()
         .map(|dir| (*dir, packed(dir, tmp.path(), &[])));
@@ -746,7 +749,7 @@ fn q4_head_verifies_and_its_cost_is_bounded() {
 }
 
 /// Decode reads its weights in place from the mapped file: right after `--bench` decodes a
-/// synthetic model whose decode streams ~87 MB of weights, those bytes are resident as mapped
+/// synthetic model whose decode streams ~84 MB of weights, those bytes are resident as mapped
 /// file pages and the anonymous memory (heap, KV cache, buffers) is far below them. A runner
 /// that copied the weights to the heap would hold them as anonymous memory. Linux only (the
 /// report comes from /proc).

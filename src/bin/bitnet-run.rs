@@ -135,14 +135,14 @@ fn run(a: Args) -> Result<()> {
                 100.0 * r.decode_share_of_bandwidth, r.read_bandwidth_gb_per_s
             );
             if let Some(m) = r.resident_after_decode {
-                let file = std::fs::metadata(&a.model).map_or(0, |m| m.len());
+                // the mapped container (for a GGUF, the .bnet it was imported to)
                 println!(
                     "resident after decoding: {:.3} GB: {:.3} GB of mapped file pages (weights \
-                     read in place from the {:.3} GB file, and this program), {:.3} GB \
+                     read in place from the {:.3} GB container, and this program), {:.3} GB \
                      anonymous (of it {:.3} GB of KV cache)",
                     m.total_bytes as f64 / 1e9,
                     m.file_bytes as f64 / 1e9,
-                    file as f64 / 1e9,
+                    f.map.len() as f64 / 1e9,
                     m.anon_bytes as f64 / 1e9,
                     r.kv_cache_bytes as f64 / 1e9
                 );
