@@ -1,7 +1,7 @@
 //! Every kernel path this CPU can run equals the scalar oracle exactly, and the scalar oracle
 //! equals the definition (unpack, then Σ w·a).
 
-use bitnet::kernels::{quantize_act, quantize_act_portable, scalar, Kernel};
+use bitnet::kernels::{quantize_act, scalar, Kernel};
 use bitnet::quant::{pack_b1_row, pack_t2_row, unpack_b1_row, unpack_t2_row};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
@@ -124,19 +124,21 @@ proptest! {
     }
 }
 
-/// `quantize_act` (the path this CPU runs) and its portable path against the definition:
+/// `quantize_act` (the formula as written) and every path's `Kernel::quantize_act` against
+/// the definition:
 /// `s = 127 / max(max|x|, 1e-5)` (NaN skipped), `q = clamp(round_half_even(x·s), −128, 127)`
 /// (NaN to 0), zero padding, and the sum of `q`.
 fn quantization_is_the_formula(x: &[f32]) -> Result<(), TestCaseError> {
-    for quantize in [quantize_act, quantize_act_portable] {
-        quantized_as_defined(x, quantize)?;
+    quantized_as_defined(x, quantize_act)?;
+    for kern in Kernel::all_available() {
+        quantized_as_defined(x, |x, q| kern.quantize_act(x, q))?;
     }
     Ok(())
 }
 
 fn quantized_as_defined(
     x: &[f32],
-    quantize: fn(&[f32], &mut [i8]) -> (f32, i32),
+    quantize: impl Fn(&[f32], &mut [i8]) -> (f32, i32),
 ) -> Result<(), TestCaseError> {
     let mut q = vec![0i8; x.len().div_ceil(256).max(1) * 256];
     let (s, sum) = quantize(x, &mut q);

@@ -600,9 +600,44 @@ proptest::proptest! {
     ) {
         use bitnet::runner::ops::{exp, exp_shifted};
         let want: Vec<u32> = x.iter().map(|&v| exp(v - max).to_bits()).collect();
-        let mut got = x.clone();
-        exp_shifted(&mut got, max);
-        proptest::prop_assert_eq!(got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want);
+        for kern in Kernel::all_available() {
+            let mut got = x.clone();
+            exp_shifted(kern, &mut got, max);
+            proptest::prop_assert_eq!(bits(&got), want.clone(), "{}", kern.name());
+        }
+    }
+
+    /// The float operations of the forward pass (dot, RMSNorm, softmax, both gated
+    /// activations) give the scalar path's bits on every kernel path, over lengths that cover
+    /// whole and partial eight-lane steps.
+    #[test]
+    fn float_ops_are_the_scalar_ops(
+        x in proptest::collection::vec(-30f32..30.0, 0..300),
+        seed in proptest::prelude::any::<u64>(),
+    ) {
+        use bitnet::model::Activation;
+        use bitnet::runner::ops::{dot, gated, rms_norm, softmax};
+        let mut s = seed | 1;
+        let mut next = || { s ^= s << 13; s ^= s >> 7; s ^= s << 17; (s % 2001) as f32 / 250.0 - 4.0 };
+        let y: Vec<f32> = x.iter().map(|_| next()).collect();
+        let ops = |kern: Kernel| {
+            let mut out = vec![bits(&[dot(kern, &x, &y)])];
+            let mut o = vec![0f32; x.len()];
+            rms_norm(kern, &x, &y, 1e-6, &mut o);
+            out.push(bits(&o));
+            let mut p = x.clone();
+            softmax(kern, &mut p);
+            out.push(bits(&p));
+            for act in [Activation::Silu, Activation::Relu2] {
+                gated(kern, act, &x, &y, &mut o);
+                out.push(bits(&o));
+            }
+            out
+        };
+        let want = ops(Kernel::scalar());
+        for kern in Kernel::all_available() {
+            proptest::prop_assert_eq!(ops(kern), want.clone(), "{}", kern.name());
+        }
     }
 
     /// `top_k` (with its chunked greedy case) is the first `k` of a full sort by value, largest
@@ -698,10 +733,12 @@ fn softmax_exp_is_within_one_ulp() {
         }
     }
     assert!(worst <= 1, "{worst} ulps at x = {at:e}");
-    let mut vector = xs.clone();
-    exp_shifted(&mut vector, 0.0);
-    for (x, v) in xs.iter().zip(&vector) {
-        assert_eq!(v.to_bits(), exp(*x).to_bits(), "x = {x:e}");
+    for kern in Kernel::all_available() {
+        let mut vector = xs.clone();
+        exp_shifted(kern, &mut vector, 0.0);
+        for (x, v) in xs.iter().zip(&vector) {
+            assert_eq!(v.to_bits(), exp(*x).to_bits(), "{} x = {x:e}", kern.name());
+        }
     }
     assert_eq!(exp(0.0), 1.0);
     assert_eq!(exp(-87.01), 0.0);

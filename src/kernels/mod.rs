@@ -301,7 +301,7 @@ impl Kernel {
     }
 
     /// Whether this is a SIMD path (AVX2 at least), for float code that needs nothing more
-    /// (attention).
+    /// (attention, norms, exponentials, activation quantization).
     #[inline]
     pub fn simd(self) -> bool {
         self.0 != Path::Scalar
@@ -323,6 +323,18 @@ impl Kernel {
             && std::arch::is_x86_feature_detected!("fma");
         #[cfg(not(target_arch = "x86_64"))]
         false
+    }
+
+    /// [`quantize_act`] on this path: the SIMD paths run it in AVX2, with the same bits
+    /// (tests/kernels.rs).
+    #[inline]
+    pub fn quantize_act(self, x: &[f32], out: &mut [i8]) -> (f32, i32) {
+        #[cfg(target_arch = "x86_64")]
+        if self.simd() {
+            // SAFETY: a SIMD path exists only on a CPU with AVX2.
+            return unsafe { quantize_act_avx2(x, out) };
+        }
+        quantize_act(x, out)
     }
 
     /// A Q4 row (formats/bnet.md §4.3) times a block-quantized int8 vector.
@@ -407,17 +419,16 @@ fn each_row<T, const R: usize>(
 
 /// Per-token absmax int8 quantization, as transformers computes it in float32:
 /// `s = 127 / max(max|x|, 1e-5)`, `q = clamp(round_half_even(x·s), −128, 127)`.
-/// Writes `q` (zero-padding the rest of `out`) and returns `(s, Σq)`.
+/// Writes `q` (zero-padding the rest of `out`) and returns `(s, Σq)`. This is the formula as
+/// written, the reference's and the scalar path's; [`Kernel::quantize_act`] is the runner's.
+#[inline(always)]
 pub fn quantize_act(x: &[f32], out: &mut [i8]) -> (f32, i32) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: AVX2 was just detected.
-        return unsafe { quantize_act_avx2(x, out) };
-    }
-    quantize_act_portable(x, out)
+    let max = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let s = 127.0f32 / max.max(1e-5);
+    (s, quantize_with(x, s, out))
 }
 
-/// The same computation written in AVX2 (LLVM kept `quantize_act_portable`'s max a scalar chain
+/// The same computation written in AVX2 (LLVM kept [`quantize_act`]'s max a scalar chain
 /// and stored its bytes one `vpinsrb` at a time, ~5 cycles a value): the max of |x| in eight
 /// lanes (exact in any order; NaN skipped, as `f32::max` does), then per 32 values the same
 /// multiply, clamp and round to nearest even, packed to bytes, and an integer sum. NaN
@@ -490,13 +501,4 @@ fn quantize_with(x: &[f32], s: f32, out: &mut [i8]) -> i32 {
     }
     out[x.len()..].fill(0);
     sum
-}
-
-/// The portable path of [`quantize_act`] (CPUs without AVX2); public so that tests hold it to
-/// the formula on machines that run the AVX2 one.
-#[inline(always)]
-pub fn quantize_act_portable(x: &[f32], out: &mut [i8]) -> (f32, i32) {
-    let max = x.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let s = 127.0f32 / max.max(1e-5);
-    (s, quantize_with(x, s, out))
 }

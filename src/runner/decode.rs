@@ -183,7 +183,7 @@ fn gated_matvec(s: &Session, li: usize, a: &QuantizedBatch, next: &AtomicUsize, 
     let act = s.w.activation();
     let (mut gv, mut uv, mut m) = ([0f32; ROWS], [0f32; ROWS], [0f32; ROWS]);
     let mut gate = |(r, n): (usize, usize), gv: &[f32; ROWS], uv: &[f32; ROWS]| {
-        gated(act, &gv[..n], &uv[..n], &mut m[..n]);
+        gated(s.kern, act, &gv[..n], &uv[..n], &mut m[..n]);
         for (i, y) in m[..n].iter().enumerate() {
             out.set(r + i, *y);
         }
@@ -248,9 +248,9 @@ fn head(s: &Session, h: &[f32], q8: Option<&Q8Blocks>, next: &AtomicUsize, logit
 }
 
 /// RMSNorm of one token's vector.
-fn norm(x: &[f32], g: &[f32], eps: f32) -> Vec<f32> {
+fn norm(s: &Session, x: &[f32], g: &[f32], eps: f32) -> Vec<f32> {
     let mut o = vec![0f32; x.len()];
-    rms_norm(x, g, eps, &mut o);
+    rms_norm(s.kern, x, g, eps, &mut o);
     o
 }
 
@@ -277,7 +277,7 @@ fn normed<'a>(
     let x = match g {
         Some(g) => {
             scratch.normed.resize(v.len(), 0.0);
-            rms_norm(v, g, eps, &mut scratch.normed);
+            rms_norm(s.kern, v, g, eps, &mut scratch.normed);
             &scratch.normed[..]
         }
         None => v,
@@ -407,7 +407,7 @@ pub(super) fn step(s: &mut Session, id: u32) -> Vec<f32> {
             barrier.wait();
             x.iter_mut().enumerate().for_each(|(i, v)| *v += d.get(i));
         }
-        let h = norm(&x, &w.norm, eps);
+        let h = norm(st, &x, &w.norm, eps);
         let q8 = (w.lm_head.dtype == DType::Q4).then(|| Q8Blocks::new(&h));
         head(st, &h, q8.as_ref(), &next[4 * nl], &logits);
     });

@@ -7,7 +7,7 @@ use super::ops::{attend_group, gated, rms_norm, rope_inv_freq, KvCache, KvHead, 
 use super::weights::{Linear, Weights};
 use crate::error::Result;
 use crate::format::bnet::DType;
-use crate::kernels::{q4::Q8Blocks, quantize_act, tl, Kernel};
+use crate::kernels::{q4::Q8Blocks, tl, Kernel};
 use rayon::prelude::*;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -28,14 +28,8 @@ pub struct QuantizedBatch {
 }
 
 impl QuantizedBatch {
-    pub fn new(x: &[f32], k: usize) -> Self {
-        let mut a = QuantizedBatch::default();
-        a.quantize(x, k);
-        a
-    }
-
     /// Quantizes the tokens of `x` (`k` values each) into this batch's buffers, reusing them.
-    fn quantize(&mut self, x: &[f32], k: usize) {
+    fn quantize(&mut self, x: &[f32], k: usize, kern: Kernel) {
         let t = x.len() / k;
         let k_pad = k.div_ceil(256) * 256;
         self.k_pad = k_pad;
@@ -47,7 +41,7 @@ impl QuantizedBatch {
         // one token, as in decode, stays on its thread; a prompt's tokens run in parallel
         // (serial work here would idle the other cores)
         if t == 1 {
-            let (s, sum) = quantize_act(&x[..k], &mut self.q);
+            let (s, sum) = kern.quantize_act(&x[..k], &mut self.q);
             self.scales.push(s);
             self.sums.push(sum);
             return;
@@ -55,7 +49,7 @@ impl QuantizedBatch {
         let sq: Vec<(f32, i32)> = x
             .par_chunks_exact(k)
             .zip(self.q.par_chunks_exact_mut(k_pad))
-            .map(|(xt, qt)| quantize_act(xt, qt))
+            .map(|(xt, qt)| kern.quantize_act(xt, qt))
             .collect();
         for (s, sum) in sq {
             self.scales.push(s);
@@ -76,7 +70,7 @@ impl QuantizedBatch {
     /// phase for every layer instead of allocating and zeroing (a down projection's tables
     /// are 144 KiB) 120 times a token, ~0.5% of a one-thread step.
     pub fn refill(&mut self, x: &[f32], k: usize, kern: Kernel, ls: &[&Linear]) {
-        self.quantize(x, k);
+        self.quantize(x, k, kern);
         let lookup = self.tokens() <= TL_LUT_TOKENS;
         if let Some(l) = ls.iter().find(|l| l.dtype == DType::TL).filter(|_| lookup) {
             let chunks = l.tl_chunks();
@@ -503,7 +497,7 @@ impl<'w, 'a> Session<'w, 'a> {
             let mut o = vec![0f32; x.len()];
             o.par_chunks_exact_mut(k)
                 .zip(x.par_chunks_exact(k))
-                .for_each(|(ot, xt)| rms_norm(xt, g, eps, ot));
+                .for_each(|(ot, xt)| rms_norm(kern, xt, g, eps, ot));
             o
         };
         let ropes: Vec<RopeAt> = (0..t)
@@ -573,7 +567,7 @@ impl<'w, 'a> Session<'w, 'a> {
             let act = self.w.activation();
             m.par_chunks_mut(ff)
                 .zip(g.par_chunks(ff).zip(u.par_chunks(ff)))
-                .for_each(|(mt, (gt, ut))| gated(act, gt, ut, mt));
+                .for_each(|(mt, (gt, ut))| gated(kern, act, gt, ut, mt));
             if let Some(s) = &layer.ffn_sub_norm {
                 m = norm_rows(&m, s, ff);
             }

@@ -1,15 +1,17 @@
 //! The float operations of the forward pass, written as transformers computes them in float32.
 //! Both the reference and the fast runner use these; they differ in how they compute the
-//! integer dot products, in caching and in parallelism.
+//! integer dot products, in caching and in parallelism. Each takes the kernel path it runs
+//! on: the SIMD paths' versions give the bits of the scalar ones (tests/runner.rs), and the
+//! reference runs the scalar ones.
 
 use crate::kernels::Kernel;
 use crate::model::Activation;
 
 /// RMSNorm: `x · 1/sqrt(mean(x²) + eps)`, then times the weight.
-pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+pub fn rms_norm(kern: Kernel, x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     // eight interleaved lanes: a sequential sum cannot use vector registers and was a visible
     // share of a decode step (every thread normalizes 4 vectors per layer)
-    let ms = dot(x, x) / x.len() as f32;
+    let ms = dot(kern, x, x) / x.len() as f32;
     let r = 1.0 / (ms + eps).sqrt();
     for ((o, &v), &g) in out.iter_mut().zip(x).zip(w) {
         *o = g * (v * r);
@@ -57,7 +59,7 @@ impl RopeAt {
 /// carried through each libm `expf` call made the loop a chain of call latencies, a third of
 /// attention's time in perf, and `expf` itself was 3% of a decode step. The maximum is also
 /// taken in lanes; a maximum does not depend on the order (NaN is skipped either way).
-pub fn softmax(x: &mut [f32]) {
+pub fn softmax(kern: Kernel, x: &mut [f32]) {
     let mut max = [f32::NEG_INFINITY; 8];
     let chunks = x.chunks_exact(8);
     for (m, &v) in max.iter_mut().zip(chunks.remainder()) {
@@ -69,7 +71,7 @@ pub fn softmax(x: &mut [f32]) {
         }
     }
     let max = max.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    exp_shifted(x, max);
+    exp_shifted(kern, x, max);
     let sum = sum_lanes(x);
     for v in x.iter_mut() {
         *v /= sum;
@@ -123,11 +125,11 @@ const EXP_C: [f32; 9] = [
     0.5,
 ];
 
-/// `x[i] = exp(x[i] - shift)` for every element, eight at a time where AVX2 runs.
-pub fn exp_shifted(x: &mut [f32], shift: f32) {
+/// `x[i] = exp(x[i] - shift)` for every element, eight at a time on the SIMD paths.
+pub fn exp_shifted(kern: Kernel, x: &mut [f32], shift: f32) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: AVX2 was just detected.
+    if kern.simd() {
+        // SAFETY: a SIMD path exists only on a CPU with AVX2.
         return unsafe { exp_shifted_avx2(x, shift) };
     }
     for v in x.iter_mut() {
@@ -205,7 +207,7 @@ fn sum_lanes(x: &[f32]) -> f32 {
 
 /// `act(gate) · up`.
 #[inline]
-pub fn gated(act: Activation, gate: &[f32], up: &[f32], out: &mut [f32]) {
+pub fn gated(kern: Kernel, act: Activation, gate: &[f32], up: &[f32], out: &mut [f32]) {
     match act {
         Activation::Relu2 => {
             for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
@@ -218,7 +220,7 @@ pub fn gated(act: Activation, gate: &[f32], up: &[f32], out: &mut [f32]) {
             for (o, &g) in out.iter_mut().zip(gate) {
                 *o = -g;
             }
-            exp_shifted(out, 0.0);
+            exp_shifted(kern, out, 0.0);
             for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
                 *o = (g / (1.0 + *o)) * u;
             }
@@ -230,10 +232,10 @@ pub fn gated(act: Activation, gate: &[f32], up: &[f32], out: &mut [f32]) {
 /// reference and the fast runner agree bit for bit; it lets the compiler use vector registers,
 /// where a strictly sequential sum cannot be vectorized). With AVX2 the same lanes sit in one
 /// 256-bit register instead of two 128-bit ones: the arithmetic, and so the result, is identical.
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+pub fn dot(kern: Kernel, a: &[f32], b: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: AVX2 was just detected.
+    if kern.simd() {
+        // SAFETY: a SIMD path exists only on a CPU with AVX2.
         return unsafe { dot_avx2(a, b) };
     }
     dot_lanes(a, b)
@@ -529,7 +531,7 @@ pub fn attend(qh: &[f32], kv: KvHead, n: usize, scale: f32, out: &mut [f32]) {
     let mut p: Vec<f32> = (0..n)
         .map(|s| dot_lanes(qh, &kv.k[s * kv.stride..][..hd]) * scale)
         .collect();
-    softmax(&mut p);
+    softmax(Kernel::scalar(), &mut p);
     for (s, &ps) in p.iter().enumerate() {
         axpy_lanes(ps, &kv.v[s * kv.stride..][..hd], out);
     }
@@ -559,7 +561,7 @@ pub fn attend_group(
         // SAFETY (all three): the SIMD paths exist only on CPUs with AVX2, the avx512 path
         // only on CPUs with AVX-512 F as well.
         unsafe { scores_avx2(qs, hd, kv, scale, &mut p) };
-        p.chunks_exact_mut(n.max(1)).for_each(softmax);
+        p.chunks_exact_mut(n.max(1)).for_each(|p| softmax(kern, p));
         if kern.avx512() && hd.is_multiple_of(128) {
             unsafe { values_avx512(&p, hd, kv, n, outs) };
         } else {

@@ -1,12 +1,14 @@
 //! The f32 reference: the forward pass written to be obviously correct, mirroring transformers'
 //! BitNet / Llama code line by line. No cache, no SIMD kernels: every position is
-//! recomputed from scratch and every weight is unpacked to {−1, 0, +1} before it is used.
+//! recomputed from scratch, every weight is unpacked to {−1, 0, +1} before it is used, and the
+//! float operations run their scalar versions (`Kernel::scalar()`), whatever `BITNET_KERNEL`
+//! says, so no code written for the fast path's speed is part of the oracle.
 //! (Rows of a projection are computed in parallel; that cannot change any result.)
 
 use super::ops::{dot, gated, rms_norm, rope, rope_inv_freq, softmax};
 use super::weights::{Linear, Weights};
 use crate::error::Result;
-use crate::kernels::quantize_act;
+use crate::kernels::{quantize_act, Kernel};
 use rayon::prelude::*;
 
 /// `y = W x` with per-token int8 activations: the integer dot product over unpacked weights,
@@ -38,6 +40,7 @@ pub fn logits(w: &Weights, ids: &[u32]) -> Result<Vec<Vec<f32>>> {
         c.num_key_value_heads as usize,
     );
     let eps = c.rms_norm_eps as f32;
+    let scalar = Kernel::scalar();
     let scale = (hd as f64).powf(-0.5) as f32;
     let inv_freq = rope_inv_freq(c.rope_theta, hd);
     let hidden = c.hidden_size as usize;
@@ -51,7 +54,7 @@ pub fn logits(w: &Weights, ids: &[u32]) -> Result<Vec<Vec<f32>>> {
         .collect();
     let norm = |v: &[f32], g: &[f32]| {
         let mut o = vec![0f32; v.len()];
-        rms_norm(v, g, eps, &mut o);
+        rms_norm(scalar, v, g, eps, &mut o);
         o
     };
     for layer in &w.layers {
@@ -75,9 +78,9 @@ pub fn logits(w: &Weights, ids: &[u32]) -> Result<Vec<Vec<f32>>> {
                 let kvh = h / (nh / nkv);
                 let qh = &q[t][h * hd..(h + 1) * hd];
                 let mut p: Vec<f32> = (0..=t)
-                    .map(|s| dot(qh, &k[s][kvh * hd..(kvh + 1) * hd]) * scale)
+                    .map(|s| dot(scalar, qh, &k[s][kvh * hd..(kvh + 1) * hd]) * scale)
                     .collect();
-                softmax(&mut p);
+                softmax(scalar, &mut p);
                 for (s, ps) in p.iter().enumerate() {
                     for d in 0..hd {
                         attn[h * hd + d] += ps * v[s][kvh * hd + d];
@@ -93,7 +96,7 @@ pub fn logits(w: &Weights, ids: &[u32]) -> Result<Vec<Vec<f32>>> {
             let xn = norm(xt, &layer.post_norm);
             let (g, u) = (linear(&layer.gate, &xn), linear(&layer.up, &xn));
             let mut m = vec![0f32; g.len()];
-            gated(w.activation(), &g, &u, &mut m);
+            gated(scalar, w.activation(), &g, &u, &mut m);
             if let Some(s) = &layer.ffn_sub_norm {
                 m = norm(&m, s);
             }
@@ -109,7 +112,7 @@ pub fn logits(w: &Weights, ids: &[u32]) -> Result<Vec<Vec<f32>>> {
             (0..w.lm_head.rows)
                 .map(|r| {
                     w.lm_head.row(r, &mut row);
-                    dot(&row, &h)
+                    dot(scalar, &row, &h)
                 })
                 .collect()
         })
