@@ -1,4 +1,5 @@
-//! What the binaries share: exit codes and the progress bar.
+//! What the binaries share: exit codes and error lines, the progress bar, the allocator setting
+//! and opening a model (a `.bnet` or a GGUF import).
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -24,39 +25,6 @@ pub fn progress_bar(total: u64, msg: &str, quiet: bool) -> ProgressBar {
     );
     pb.set_message(msg.to_string());
     pb
-}
-
-/// Peak resident set size of this process in bytes (Linux `VmHWM`), for benchmark reports.
-pub fn peak_rss_bytes() -> Option<u64> {
-    status_bytes(&std::fs::read_to_string("/proc/self/status").ok()?, "VmHWM")
-}
-
-/// What this process holds in memory now (Linux), split as the kernel counts it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct Resident {
-    /// `VmRSS`: everything resident.
-    pub total_bytes: u64,
-    /// `RssAnon`: heap, stacks and anonymous mappings (the KV cache, buffers).
-    pub anon_bytes: u64,
-    /// `RssFile`: pages of mapped files (the model's weights, read in place, and the binary).
-    pub file_bytes: u64,
-}
-
-/// This process's resident memory now; `None` where `/proc/self/status` does not say.
-pub fn resident() -> Option<Resident> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    Some(Resident {
-        total_bytes: status_bytes(&status, "VmRSS")?,
-        anon_bytes: status_bytes(&status, "RssAnon")?,
-        file_bytes: status_bytes(&status, "RssFile")?,
-    })
-}
-
-/// The `key:  N kB` line of a `/proc/<pid>/status` text, in bytes.
-fn status_bytes(status: &str, key: &str) -> Option<u64> {
-    let line = status.lines().find(|l| l.split(':').next() == Some(key))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    kb.checked_mul(1024)
 }
 
 /// Ends a binary: prints an error as one `error:` line (with its causes, [`chain_message`])
@@ -164,7 +132,7 @@ pub fn open_model(
 
 #[cfg(test)]
 mod tests {
-    use super::{chain_message, status_bytes};
+    use super::chain_message;
 
     /// An error with a message and an optional cause.
     #[derive(Debug)]
@@ -212,20 +180,5 @@ mod tests {
         // a context that is only a prefix of the next path is kept
         let e = chain(&["/tmp/a", "/tmp/ab: No such file"]);
         assert_eq!(chain_message(&e), "/tmp/a: /tmp/ab: No such file");
-    }
-
-    #[test]
-    fn status_lines_are_read_by_exact_key() {
-        let s = "VmHWM:\t  2048 kB\nVmRSS:\t  1000 kB\nRssAnon:\t 600 kB\nRssFile:\t 400 kB\n";
-        assert_eq!(status_bytes(s, "VmRSS"), Some(1000 * 1024));
-        assert_eq!(status_bytes(s, "RssAnon"), Some(600 * 1024));
-        assert_eq!(status_bytes(s, "VmHWM"), Some(2048 * 1024));
-        // a prefix of a key is not the key
-        assert_eq!(status_bytes(s, "Rss"), None);
-        assert_eq!(status_bytes("VmRSS: many kB", "VmRSS"), None);
-        assert_eq!(
-            status_bytes("VmRSS: 18446744073709551615 kB", "VmRSS"),
-            None
-        );
     }
 }

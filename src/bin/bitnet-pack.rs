@@ -1,11 +1,12 @@
 //! bitnet-pack: Hugging Face checkpoint -> .bnet, or .bnet -> safetensors (by file types).
 
 use anyhow::{bail, Context, Result};
-use bitnet::cli::{peak_rss_bytes, progress_bar, EXIT_OK};
+use bitnet::cli::{progress_bar, EXIT_OK};
 use bitnet::format::gguf::{is_gguf, Gguf};
 use bitnet::format::{is_bnet, BnetFile};
 use bitnet::gguf_io::{export, import, ImportOptions, TernaryType};
 use bitnet::hf::{Checkpoint, Sources};
+use bitnet::memory::peak_rss_bytes;
 use bitnet::model::Activation;
 use bitnet::output::{AtomicFile, BackgroundWriter};
 use bitnet::pack::{pack, unpack, Layout, PackOptions, QuantKind, StoreAs};

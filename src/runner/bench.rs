@@ -41,7 +41,7 @@ pub struct BenchReport {
     pub kv_cache_bytes: u64,
     /// This process's memory right after the last decode step, session alive (Linux only):
     /// the weights count as mapped file pages, read in place, not as heap.
-    pub resident_after_decode: Option<crate::cli::Resident>,
+    pub resident_after_decode: Option<crate::memory::Resident>,
 }
 
 /// The weight slices one decode step reads in full.
@@ -173,7 +173,7 @@ pub fn run(w: &Weights, kern: Kernel, prompt: usize, decode: usize) -> Result<Be
         last = s.forward(&[next], false)?.pop().expect("one position");
     }
     let tg = t1.elapsed().as_secs_f64();
-    let resident = crate::cli::resident();
+    let resident = crate::memory::resident();
     let bw = bw.max(read_bandwidth(&slices, 3));
     debug_assert_eq!(s.kv_bytes(), (prompt + decode) as u64 * kv_pos);
     let gbps = per_token as f64 * decode as f64 / tg / 1e9;
