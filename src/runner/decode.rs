@@ -247,11 +247,11 @@ fn head(s: &Session, h: &[f32], q8: Option<&Q8Blocks>, next: &AtomicUsize, logit
     }
 }
 
-/// RMSNorm of one token's vector.
-fn norm(s: &Session, x: &[f32], g: &[f32], eps: f32) -> Vec<f32> {
-    let mut o = vec![0f32; x.len()];
-    rms_norm(s.kern, x, g, eps, &mut o);
-    o
+/// RMSNorm of one token's vector into `out` (resized to fit).
+fn norm<'a>(s: &Session, x: &[f32], g: &[f32], out: &'a mut Vec<f32>) -> &'a [f32] {
+    out.resize(x.len(), 0.0);
+    rms_norm(s.kern, x, g, s.w.cfg.rms_norm_eps as f32, out);
+    out
 }
 
 /// One thread's buffers for a step, refilled for every layer: a normed vector and the
@@ -262,29 +262,26 @@ struct Scratch {
     inputs: [QuantizedBatch; 4],
 }
 
-/// The input of projections `ls` into `scratch.inputs[phase]`: `v` through the norm `g` when
-/// there is one (the input and post-attention norms; the sub-norms of BitNet b1.58),
-/// quantized to int8 (with TL tables).
-fn normed<'a>(
-    s: &Session,
-    scratch: &'a mut Scratch,
-    phase: usize,
-    v: &[f32],
-    g: Option<&[f32]>,
-    eps: f32,
-    ls: &[&Linear],
-) -> &'a QuantizedBatch {
-    let x = match g {
-        Some(g) => {
-            scratch.normed.resize(v.len(), 0.0);
-            rms_norm(s.kern, v, g, eps, &mut scratch.normed);
-            &scratch.normed[..]
-        }
-        None => v,
-    };
-    let a = &mut scratch.inputs[phase];
-    a.refill(x, v.len(), s.kern, ls);
-    a
+impl Scratch {
+    /// The input of projections `ls` into `self.inputs[phase]`: `v` through the norm `g` when
+    /// there is one (the input and post-attention norms; the sub-norms of BitNet b1.58),
+    /// quantized to int8 (with TL tables).
+    fn normed(
+        &mut self,
+        s: &Session,
+        phase: usize,
+        v: &[f32],
+        g: Option<&[f32]>,
+        ls: &[&Linear],
+    ) -> &QuantizedBatch {
+        let x = match g {
+            Some(g) => norm(s, v, g, &mut self.normed),
+            None => v,
+        };
+        let a = &mut self.inputs[phase];
+        a.refill(x, v.len(), s.kern, ls);
+        a
+    }
 }
 
 /// Appends token `id` to the session and returns its logits.
@@ -297,7 +294,7 @@ pub(super) fn step(s: &mut Session, id: u32) -> Vec<f32> {
         c.num_attention_heads as usize,
         c.num_key_value_heads as usize,
     );
-    let (hidden, eps, pos) = (c.hidden_size as usize, c.rms_norm_eps as f32, st.pos);
+    let (hidden, pos) = (c.hidden_size as usize, st.pos);
     let scale = (hd as f64).powf(-0.5) as f32;
     let nl = w.layers.len();
     let ff = w.layers.first().map_or(0, |l| l.gate.rows);
@@ -323,15 +320,7 @@ pub(super) fn step(s: &mut Session, id: u32) -> Vec<f32> {
         for (li, layer) in w.layers.iter().enumerate() {
             let next = &next[4 * li..];
             let qkv_ls = [&layer.q, &layer.k, &layer.v];
-            let xn = normed(
-                st,
-                &mut scratch,
-                0,
-                &x,
-                Some(&layer.input_norm),
-                eps,
-                &qkv_ls,
-            );
+            let xn = scratch.normed(st, 0, &x, Some(&layer.input_norm), &qkv_ls);
             matvec(st, &qkv_ls, xn, &next[0], &qkv);
             barrier.wait();
             if ctx.index() == 0 {
@@ -371,45 +360,33 @@ pub(super) fn step(s: &mut Session, id: u32) -> Vec<f32> {
             // SAFETY (both views): every thread stored its heads (its rows) before the barrier
             // above, and the next stores into it come after at least one more barrier, which
             // each thread reaches only once it is done with the view.
-            let a = normed(
+            let a = scratch.normed(
                 st,
-                &mut scratch,
                 1,
                 unsafe { attn.view() },
                 layer.attn_sub_norm.as_deref(),
-                eps,
                 &[&layer.o],
             );
             matvec(st, &[&layer.o], a, &next[1], &o);
             barrier.wait();
             x.iter_mut().enumerate().for_each(|(i, v)| *v += o.get(i));
-            let xn = normed(
-                st,
-                &mut scratch,
-                2,
-                &x,
-                Some(&layer.post_norm),
-                eps,
-                &[&layer.gate, &layer.up],
-            );
+            let xn = scratch.normed(st, 2, &x, Some(&layer.post_norm), &[&layer.gate, &layer.up]);
             gated_matvec(st, li, xn, &next[2], &m);
             barrier.wait();
-            let mq = normed(
+            let mq = scratch.normed(
                 st,
-                &mut scratch,
                 3,
                 unsafe { m.view() },
                 layer.ffn_sub_norm.as_deref(),
-                eps,
                 &[&layer.down],
             );
             matvec(st, &[&layer.down], mq, &next[3], &d);
             barrier.wait();
             x.iter_mut().enumerate().for_each(|(i, v)| *v += d.get(i));
         }
-        let h = norm(st, &x, &w.norm, eps);
-        let q8 = (w.lm_head.dtype == DType::Q4).then(|| Q8Blocks::new(&h));
-        head(st, &h, q8.as_ref(), &next[4 * nl], &logits);
+        let h = norm(st, &x, &w.norm, &mut scratch.normed);
+        let q8 = (w.lm_head.dtype == DType::Q4).then(|| Q8Blocks::new(h));
+        head(st, h, q8.as_ref(), &next[4 * nl], &logits);
     });
     s.pos += 1;
     logits.into_vec()
