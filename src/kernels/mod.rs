@@ -19,7 +19,17 @@ use std::sync::OnceLock;
 /// [`Kernel::scalar`], [`Kernel::selected`] or [`Kernel::all_available`], which check the CPU, so
 /// the safe dispatch methods below never reach an instruction the CPU lacks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Kernel(Path);
+pub struct Kernel(Path, Extras);
+
+/// What the CPU adds to a path that some of its kernels use, detected once when the `Kernel`
+/// is made (the dispatch methods run per block of rows, tens of thousands of times a token).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Extras {
+    /// AVX-512 VL and VBMI on the avx512 path ([`Kernel::vbmi`]).
+    vbmi: bool,
+    /// FMA and F16C on a SIMD path ([`Kernel::float_simd`]).
+    float: bool,
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Path {
@@ -97,7 +107,21 @@ impl Kernel {
     fn of(p: Path) -> Kernel {
         #[cfg(target_arch = "x86_64")]
         let _ = x86::prefetch_mode();
-        Kernel(p)
+        #[cfg(target_arch = "x86_64")]
+        let extras = Extras {
+            vbmi: p == Path::Avx512
+                && std::arch::is_x86_feature_detected!("avx512vl")
+                && std::arch::is_x86_feature_detected!("avx512vbmi"),
+            float: p != Path::Scalar
+                && std::arch::is_x86_feature_detected!("f16c")
+                && std::arch::is_x86_feature_detected!("fma"),
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let extras = Extras {
+            vbmi: false,
+            float: false,
+        };
+        Kernel(p, extras)
     }
 
     /// The path for this process: `BITNET_KERNEL` if set (an unknown or unavailable value is
@@ -193,12 +217,7 @@ impl Kernel {
     /// without VBMI (Skylake-X, Cascade Lake) run the AVX2 code of those under the avx512 path.
     #[inline]
     fn vbmi(self) -> bool {
-        #[cfg(target_arch = "x86_64")]
-        return self.0 == Path::Avx512
-            && std::arch::is_x86_feature_detected!("avx512vl")
-            && std::arch::is_x86_feature_detected!("avx512vbmi");
-        #[cfg(not(target_arch = "x86_64"))]
-        false
+        self.1.vbmi
     }
 
     /// The layout of the TL tables this path builds and reads.
@@ -317,12 +336,7 @@ impl Kernel {
     /// (so AVX2 is there) and the CPU also has FMA and F16C.
     #[inline]
     pub fn float_simd(self) -> bool {
-        #[cfg(target_arch = "x86_64")]
-        return self.0 != Path::Scalar
-            && std::arch::is_x86_feature_detected!("f16c")
-            && std::arch::is_x86_feature_detected!("fma");
-        #[cfg(not(target_arch = "x86_64"))]
-        false
+        self.1.float
     }
 
     /// [`quantize_act`] on this path: the SIMD paths run it in AVX2, with the same bits
