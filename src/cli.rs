@@ -27,8 +27,29 @@ pub fn progress_bar(total: u64, msg: &str, quiet: bool) -> ProgressBar {
     pb
 }
 
+/// `println!` to stdout that returns the write's error instead of panicking, so a closed pipe
+/// (`bitnet-inspect m.bnet --tensors | head`) or a full disk ends the binary through [`exit`].
+#[macro_export]
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)
+    }};
+}
+
+/// `print!` as [`outln!`] is `println!`.
+#[macro_export]
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        write!(std::io::stdout().lock(), $($arg)*)
+    }};
+}
+
 /// Ends a binary: prints an error as one `error:` line (with its causes, [`chain_message`])
-/// and maps the outcome to the exit code.
+/// and maps the outcome to the exit code. A reader that closed the output pipe early (`| head`)
+/// ends it quietly: that is the reader's choice, not an error to report, though the exit code
+/// still says the output is incomplete.
 pub fn exit<E>(outcome: Result<u8, E>) -> std::process::ExitCode
 where
     E: AsRef<dyn std::error::Error + Send + Sync + 'static>,
@@ -36,10 +57,20 @@ where
     match outcome {
         Ok(code) => std::process::ExitCode::from(code),
         Err(e) => {
-            eprintln!("error: {}", chain_message(e.as_ref()));
+            if !is_broken_pipe(e.as_ref()) {
+                eprintln!("error: {}", chain_message(e.as_ref()));
+            }
             std::process::ExitCode::from(EXIT_ERROR)
         }
     }
+}
+
+/// Whether an error, or one of its causes, is a write to a closed pipe.
+fn is_broken_pipe(e: &(dyn std::error::Error + 'static)) -> bool {
+    std::iter::successors(Some(e), |e| e.source()).any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// An error and its causes joined by ": ", each said once. A file error names its path and

@@ -797,3 +797,67 @@ fn decode_reads_weights_in_place() {
     // VmRSS also counts shared memory (RssShmem)
     assert!(mem["total_bytes"].as_u64().unwrap() >= anon + file, "{r}");
 }
+
+/// A reader that closes the pipe early (`bitnet-inspect m.bnet --tensors | head`) ends every
+/// binary quietly with exit 2: no panic, no error line. (They had panicked with exit 101 in
+/// `println!`.) The pipe's read end is closed before the binary starts, so every write fails.
+#[test]
+fn closed_stdout_ends_quietly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = packed("llama-bitlinear", tmp.path(), &[]);
+    let gguf = tmp.path().join("m.gguf");
+    let heldout = fixture("heldout.txt");
+    let runs: [(&str, Vec<&std::ffi::OsStr>); 5] = [
+        ("bitnet-inspect", vec![m.as_ref(), "--tensors".as_ref()]),
+        (
+            "bitnet-run",
+            vec![m.as_ref(), "--ppl".as_ref(), heldout.as_ref()],
+        ),
+        (
+            "bitnet-run",
+            vec![
+                m.as_ref(),
+                "--prompt".as_ref(),
+                "The".as_ref(),
+                "-n".as_ref(),
+                "4".as_ref(),
+            ],
+        ),
+        (
+            "bitnet-verify",
+            vec![
+                m.as_ref(),
+                "--prompt".as_ref(),
+                "The".as_ref(),
+                "--tokens".as_ref(),
+                "2".as_ref(),
+            ],
+        ),
+        (
+            "bitnet-pack",
+            vec![
+                m.as_ref(),
+                gguf.as_ref(),
+                "--gguf-type".as_ref(),
+                "i2_s".as_ref(),
+                "--json".as_ref(),
+            ],
+        ),
+    ];
+    for (bin, args) in runs {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let o = std::process::Command::new(assert_cmd::cargo::cargo_bin(bin))
+            .args(&args)
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{bin} {args:?}: {e}");
+        assert!(
+            !e.contains("panicked") && !e.contains("error"),
+            "{bin} {args:?}: {e}"
+        );
+    }
+}

@@ -6,6 +6,7 @@ use bitnet::format::gguf::{is_gguf, Gguf};
 use bitnet::format::{bnet, BnetFile};
 use bitnet::gguf_io::{plan_import, ImportOptions};
 use bitnet::inspect::{gguf_summary, render_gguf, Summary};
+use bitnet::{out, outln};
 use clap::Parser;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -50,9 +51,9 @@ fn run_gguf(a: &Args) -> Result<u8> {
         plan.as_ref().map_err(|e| e.to_string()),
     );
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&j)?);
+        outln!("{}", serde_json::to_string_pretty(&j)?)?;
     } else {
-        print!("{}", render_gguf(&j));
+        out!("{}", render_gguf(&j))?;
     }
     Ok(EXIT_OK)
 }
@@ -101,9 +102,9 @@ fn run(a: Args) -> Result<u8> {
         });
     }
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
+        outln!("{}", serde_json::to_string_pretty(&summary)?)?;
     } else {
-        print!("{text}{verify_text}");
+        out!("{text}{verify_text}")?;
     }
     Ok(code)
 }

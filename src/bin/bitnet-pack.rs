@@ -8,6 +8,7 @@ use bitnet::gguf_io::{export, import, ImportOptions, TernaryType};
 use bitnet::hf::{Checkpoint, Sources};
 use bitnet::memory::peak_rss_bytes;
 use bitnet::model::Activation;
+use bitnet::outln;
 use bitnet::output::{AtomicFile, BackgroundWriter};
 use bitnet::pack::{pack, unpack, Layout, PackOptions, QuantKind, StoreAs};
 use clap::{Parser, ValueEnum};
@@ -259,7 +260,7 @@ fn run_pack(a: &Args, file: std::fs::File, dest: &Path, summary: bool) -> Result
         j["seconds"] = secs.into();
         j["input_gb_per_s"] = (report.input_bytes as f64 / secs / 1e9).into();
         j["peak_rss_bytes"] = peak_rss_bytes().into();
-        println!("{}", serde_json::to_string_pretty(&j)?);
+        outln!("{}", serde_json::to_string_pretty(&j)?)?;
     } else if !a.quiet {
         eprintln!(
             "wrote {}: {} tensors, {} ({:.4} bits per quantized weight) in {secs:.2} s{}",
@@ -296,7 +297,7 @@ fn report_conversion(
     if a.json {
         let mut j = json;
         j["seconds"] = secs.into();
-        println!("{}", serde_json::to_string_pretty(&j)?);
+        outln!("{}", serde_json::to_string_pretty(&j)?)?;
     } else if !a.quiet {
         for n in notes {
             eprintln!("note: {n}");
@@ -389,7 +390,7 @@ fn run_unpack(a: &Args) -> Result<()> {
     out.commit()?;
     pb.finish_and_clear();
     if a.json {
-        println!("{}", serde_json::json!({"output": a.output, "tensors": n}));
+        outln!("{}", serde_json::json!({"output": a.output, "tensors": n}))?;
     } else if !a.quiet {
         eprintln!("wrote {}: {n} tensors", a.output.display());
     }
@@ -430,7 +431,7 @@ fn run_unpack_dir(a: &Args) -> Result<()> {
     std::fs::rename(tmp.keep(), dest).map_err(|e| bitnet::output::write_error(dest, e))?;
     pb.finish_and_clear();
     if a.json {
-        println!("{}", serde_json::json!({"output": dest, "tensors": n}));
+        outln!("{}", serde_json::json!({"output": dest, "tensors": n}))?;
     } else if !a.quiet {
         eprintln!(
             "wrote {}: model.safetensors ({n} tensors, dequantized), config.json, tokenizer files",

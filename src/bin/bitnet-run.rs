@@ -3,6 +3,7 @@
 use anyhow::{bail, Context, Result};
 use bitnet::cli::{open_model, EXIT_OK};
 use bitnet::kernels::Kernel;
+use bitnet::outln;
 use bitnet::output::AtomicFile;
 use bitnet::runner::{fast::Session, reference, sample::Sampler, weights::Weights};
 use bitnet::tokenizer::Tokenizer;
@@ -123,9 +124,9 @@ fn run(a: Args) -> Result<()> {
     if a.bench {
         let r = bitnet::runner::bench::run(&w, kern, a.bench_prompt, a.bench_decode)?;
         if a.json {
-            println!("{}", serde_json::to_string_pretty(&r)?);
+            outln!("{}", serde_json::to_string_pretty(&r)?)?;
         } else {
-            println!(
+            outln!(
                 "kernel {} (prefetch {}), {} threads: prompt {} tokens at {:.1} tokens/s, decode {} tokens at {:.1} tokens/s\n\
                  decode reads {:.3} GB of weights and {:.3} GB of KV cache per token: {:.2} GB/s, \
                  {:.0}% of the {:.2} GB/s this process can read the weights at",
@@ -133,10 +134,10 @@ fn run(a: Args) -> Result<()> {
                 r.decode_tokens_per_s, r.weight_bytes_per_decode_token as f64 / 1e9,
                 r.kv_cache_bytes_per_decode_token as f64 / 1e9, r.decode_gb_per_s,
                 100.0 * r.decode_share_of_bandwidth, r.read_bandwidth_gb_per_s
-            );
+            )?;
             if let Some(m) = r.resident_after_decode {
                 // the mapped container (for a GGUF, the .bnet it was imported to)
-                println!(
+                outln!(
                     "resident after decoding: {:.3} GB: {:.3} GB of mapped file pages (weights \
                      read in place from the {:.3} GB container, and this program), {:.3} GB \
                      anonymous (of it {:.3} GB of KV cache)",
@@ -145,7 +146,7 @@ fn run(a: Args) -> Result<()> {
                     f.map.len() as f64 / 1e9,
                     m.anon_bytes as f64 / 1e9,
                     r.kv_cache_bytes as f64 / 1e9
-                );
+                )?;
             }
         }
         return Ok(());
@@ -197,17 +198,17 @@ fn run(a: Args) -> Result<()> {
         let ppl = (sum / n as f64).exp();
         let ppl_ref = a.ppl_reference.then(|| (sum_ref / n as f64).exp());
         if a.json {
-            println!(
+            outln!(
                 "{}",
                 serde_json::json!({"tokens": n, "ctx": win, "perplexity": ppl, "reference_perplexity": ppl_ref})
-            );
+            )?;
         } else {
-            println!("perplexity {ppl:.4} over {n} predicted tokens (windows of {win})");
+            outln!("perplexity {ppl:.4} over {n} predicted tokens (windows of {win})")?;
             if let Some(r) = ppl_ref {
-                println!(
+                outln!(
                     "reference  {r:.4} (relative difference {:.2e})",
                     (ppl - r).abs() / r
-                );
+                )?;
             }
         }
         return Ok(());

@@ -3,6 +3,7 @@
 use anyhow::{Context, Result};
 use bitnet::cli::{open_model, EXIT_FAILED, EXIT_OK};
 use bitnet::kernels::Kernel;
+use bitnet::outln;
 use bitnet::runner::compare::{compare, summarize};
 use bitnet::runner::{fast::Session, reference, weights::Weights};
 use bitnet::tokenizer::Tokenizer;
@@ -172,9 +173,9 @@ fn run(a: Args) -> Result<u8> {
             "tolerances": {"max_delta": a.max_delta, "max_kl_mean": a.max_kl},
             "pass": pass,
         });
-        println!("{}", serde_json::to_string_pretty(&j)?);
+        outln!("{}", serde_json::to_string_pretty(&j)?)?;
     } else {
-        println!(
+        outln!(
             "model     {} ({}), kernel {}, {} tokens ({} prompt + {} greedy)",
             a.model.display(),
             f.index
@@ -186,14 +187,21 @@ fn run(a: Args) -> Result<u8> {
             ids.len(),
             prompt.len(),
             a.tokens
-        );
+        )?;
         if a.per_position {
-            println!(
+            outln!(
                 "{:>4} {:>7} {:>10} {:>10} {:>5} {:>5} {:>10} {:>8}",
-                "pos", "token", "max|dl|", "KL", "top1", "top5", "RMS dp", "margin"
-            );
+                "pos",
+                "token",
+                "max|dl|",
+                "KL",
+                "top1",
+                "top5",
+                "RMS dp",
+                "margin"
+            )?;
             for (i, p) in per.iter().enumerate() {
-                println!(
+                outln!(
                     "{i:>4} {:>7} {:>10.3e} {:>10.3e} {:>5} {:>5.2} {:>10.3e} {:>8.3}",
                     ids[i],
                     p.max_abs_delta,
@@ -202,34 +210,34 @@ fn run(a: Args) -> Result<u8> {
                     p.top5_overlap,
                     p.rms_delta_p,
                     p.ref_margin
-                );
+                )?;
             }
         }
-        println!(
+        outln!(
             "logits    max |delta| {:.3e}, KL mean {:.3e} / p99 {:.3e} / max {:.3e} nats, top-1 agreement {:.1}%, top-5 overlap {:.1}%, RMS delta-p {:.3e}",
             sum.max_abs_delta, sum.kl_mean, sum.kl_p99, sum.kl_max, 100.0 * sum.top1_agreement, 100.0 * sum.top5_overlap, sum.rms_delta_p
-        );
+        )?;
         if sum.non_finite_positions > 0 {
-            println!(
+            outln!(
                 "logits    NaN or infinite at {} of {} positions (in the reference, the fast path or both): the model's weights are damaged or a kernel is wrong",
                 sum.non_finite_positions, sum.positions
-            );
+            )?;
         }
         match diverge {
-            None => println!("greedy    identical for {} tokens: {:?}", a.tokens, text(ref_greedy)),
-            Some(i) => println!(
+            None => outln!("greedy    identical for {} tokens: {:?}", a.tokens, text(ref_greedy))?,
+            Some(i) => outln!(
                 "greedy    differ from token {i} (reference margin there {:.3}): reference {:?}, fast {:?}",
                 ref_margins[i],
                 text(ref_greedy),
                 text(&fast_greedy)
-            ),
+            )?,
         }
-        println!(
+        outln!(
             "verdict   {} (finite logits, max |delta| <= {}, KL mean <= {:e}, greedy identical except at near-ties)",
             if pass { "PASS" } else { "FAIL" },
             a.max_delta,
             a.max_kl
-        );
+        )?;
     }
     Ok(if pass { EXIT_OK } else { EXIT_FAILED })
 }
