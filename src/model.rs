@@ -115,19 +115,41 @@ impl Family {
     }
 }
 
+/// The config.json value at `path` (a key, or `object.key` inside `obj`) read by `get`, `None`
+/// when absent. A value of another type is an error naming it, never the default:
+/// `"rms_norm_eps": "1e-5"` or `"hidden_act": 5` would otherwise pack a different model without
+/// a word. JSON `null` counts as absent only where transformers' config classes read `None` as
+/// "use the default" (`nullable`).
+fn field<'a, T>(
+    obj: Option<&'a Value>,
+    path: &str,
+    want: &str,
+    nullable: bool,
+    get: impl Fn(&'a Value) -> Option<T>,
+) -> Result<Option<T>, String> {
+    let key = path.rsplit('.').next().unwrap_or(path);
+    match obj.and_then(|o| o.get(key)) {
+        None => Ok(None),
+        Some(Value::Null) if nullable => Ok(None),
+        Some(v) => get(v).map(Some).ok_or_else(|| {
+            format!("config.json's \"{path}\" is {v}, not {want}; correct it, or remove the key to use the default")
+        }),
+    }
+}
+
 fn get_u64(raw: &Value, key: &str) -> Result<u64, String> {
-    raw.get(key)
-        .and_then(Value::as_u64)
+    field(Some(raw), key, "a positive integer", false, Value::as_u64)?
         .filter(|&v| v > 0)
         .ok_or_else(|| format!("config.json lacks a positive integer \"{key}\""))
 }
 
-fn token_ids(v: Option<&Value>) -> Vec<u64> {
-    match v {
-        Some(Value::Number(n)) => n.as_u64().into_iter().collect(),
-        Some(Value::Array(a)) => a.iter().filter_map(Value::as_u64).collect(),
-        _ => Vec::new(),
-    }
+/// `eos_token_id`: an id, a list of ids, or null.
+fn token_ids(raw: &Value, key: &str) -> Result<Vec<u64>, String> {
+    let ids = |v: &Value| match v {
+        Value::Array(a) => a.iter().map(Value::as_u64).collect(),
+        v => v.as_u64().map(|id| vec![id]),
+    };
+    Ok(field(Some(raw), key, "a token id or a list of them", true, ids)?.unwrap_or_default())
 }
 
 impl ModelConfig {
@@ -135,7 +157,8 @@ impl ModelConfig {
     /// never silent defaults: a runner that assumes the wrong activation produces plausible
     /// garbage.
     pub fn from_hf(raw: &Value) -> Result<(ModelConfig, FamilyHint), String> {
-        let model_type = raw.get("model_type").and_then(Value::as_str).unwrap_or("");
+        let model_type =
+            field(Some(raw), "model_type", "a string", false, Value::as_str)?.unwrap_or("");
         let archs: Vec<&str> = raw
             .get("architectures")
             .and_then(Value::as_array)
@@ -163,9 +186,7 @@ impl ModelConfig {
             FamilyHint::OneBitLlm => (Arch::Bitnet, true, "silu", 10_000.0, 1e-6),
             FamilyHint::LlamaTernary => (Arch::Llama, false, "silu", 10_000.0, 1e-6),
         };
-        let act_name = raw
-            .get("hidden_act")
-            .and_then(Value::as_str)
+        let act_name = field(Some(raw), "hidden_act", "a string", false, Value::as_str)?
             .unwrap_or(default_act);
         let hidden_act = match act_name {
             "relu2" => Activation::Relu2,
@@ -177,16 +198,14 @@ impl ModelConfig {
             }
         };
         for key in ["attention_bias", "mlp_bias"] {
-            if raw.get(key).and_then(Value::as_bool) == Some(true) {
+            if field(Some(raw), key, "true or false", true, Value::as_bool)? == Some(true) {
                 return Err(format!(
                     "{key}: true is not supported (BitNet layers have no bias)"
                 ));
             }
         }
-        let linear_class = match qc
-            .and_then(|q| q.get("linear_class"))
-            .and_then(Value::as_str)
-        {
+        let class = "quantization_config.linear_class";
+        let linear_class = match field(qc, class, "a string", true, Value::as_str)? {
             None | Some("bitlinear") => LinearClass::BitLinear,
             Some("autobitlinear") => LinearClass::AutoBitLinear,
             Some(other) => {
@@ -195,21 +214,24 @@ impl ModelConfig {
                 ))
             }
         };
-        if qc
-            .and_then(|q| q.get("use_rms_norm"))
-            .and_then(Value::as_bool)
-            == Some(true)
-        {
+        let rms = "quantization_config.use_rms_norm";
+        if field(qc, rms, "true or false", true, Value::as_bool)? == Some(true) {
             return Err("quantization_config.use_rms_norm: true is not supported yet".into());
         }
         let hidden_size = get_u64(raw, "hidden_size")?;
         let num_attention_heads = get_u64(raw, "num_attention_heads")?;
-        let num_key_value_heads = raw
-            .get("num_key_value_heads")
-            .and_then(Value::as_u64)
-            .unwrap_or(num_attention_heads);
+        let count = |key| {
+            field(
+                Some(raw),
+                key,
+                "a non-negative integer",
+                true,
+                Value::as_u64,
+            )
+        };
+        let num_key_value_heads = count("num_key_value_heads")?.unwrap_or(num_attention_heads);
         let head_dim =
-            match raw.get("head_dim").and_then(Value::as_u64) {
+            match count("head_dim")? {
                 Some(d) if d > 0 => d,
                 _ if hidden_size % num_attention_heads == 0 => hidden_size / num_attention_heads,
                 _ => return Err(
@@ -218,21 +240,20 @@ impl ModelConfig {
                 ),
             };
         let rope_params = raw.get("rope_parameters");
-        let rope_theta = raw
-            .get("rope_theta")
-            .or_else(|| rope_params.and_then(|p| p.get("rope_theta")))
-            .and_then(Value::as_f64)
+        let number = |obj, path| field(obj, path, "a number", false, Value::as_f64);
+        let rope_theta = number(Some(raw), "rope_theta")?
+            .or(number(rope_params, "rope_parameters.rope_theta")?)
             .unwrap_or(default_theta);
+        let rope_type = field(
+            rope_params,
+            "rope_parameters.rope_type",
+            "a string",
+            true,
+            Value::as_str,
+        )?;
         let rope_scaling = match (raw.get("rope_scaling"), rope_params) {
             (Some(s), _) if !s.is_null() => s.clone(),
-            (_, Some(p))
-                if p.get("rope_type")
-                    .and_then(Value::as_str)
-                    .unwrap_or("default")
-                    != "default" =>
-            {
-                p.clone()
-            }
+            (_, Some(p)) if rope_type.unwrap_or("default") != "default" => p.clone(),
             _ => Value::Null,
         };
         let cfg = ModelConfig {
@@ -246,22 +267,27 @@ impl ModelConfig {
             num_key_value_heads,
             head_dim,
             vocab_size: get_u64(raw, "vocab_size")?,
-            rms_norm_eps: raw
-                .get("rms_norm_eps")
-                .and_then(Value::as_f64)
-                .unwrap_or(default_eps),
+            rms_norm_eps: number(Some(raw), "rms_norm_eps")?.unwrap_or(default_eps),
             rope_theta,
             rope_scaling,
-            max_position_embeddings: raw
-                .get("max_position_embeddings")
-                .and_then(Value::as_u64)
-                .unwrap_or(2048),
-            tie_word_embeddings: raw
-                .get("tie_word_embeddings")
-                .and_then(Value::as_bool)
-                .unwrap_or(false),
-            bos_token_id: raw.get("bos_token_id").and_then(Value::as_u64),
-            eos_token_id: token_ids(raw.get("eos_token_id")),
+            max_position_embeddings: field(
+                Some(raw),
+                "max_position_embeddings",
+                "a positive integer",
+                false,
+                Value::as_u64,
+            )?
+            .unwrap_or(2048),
+            tie_word_embeddings: field(
+                Some(raw),
+                "tie_word_embeddings",
+                "true or false",
+                true,
+                Value::as_bool,
+            )?
+            .unwrap_or(false),
+            bos_token_id: field(Some(raw), "bos_token_id", "a token id", true, Value::as_u64)?,
+            eos_token_id: token_ids(raw, "eos_token_id")?,
             linear_class,
         };
         cfg.check()?;

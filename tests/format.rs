@@ -420,6 +420,69 @@ fn head_shapes_are_checked() {
     }
 }
 
+/// A config.json value of the wrong type is refused with its key named, never replaced by the
+/// family's default (which had silently packed `"hidden_act": 5` as silu and
+/// `"rms_norm_eps": "x"` as 1e-6); `null` means the default only where transformers reads
+/// `None` that way.
+#[test]
+fn config_values_of_the_wrong_type_are_refused_by_name() {
+    use bitnet::model::{Activation, ModelConfig};
+    let base: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string("fixtures/bitnet-latent/config.json").expect("fixture config"),
+    )
+    .expect("json");
+    for (key, bad) in [
+        ("hidden_act", json!(5)),
+        ("hidden_act", json!(null)),
+        ("rms_norm_eps", json!("1e-5")),
+        ("rope_theta", json!("abc")),
+        ("attention_bias", json!("true")),
+        ("mlp_bias", json!(1)),
+        ("num_key_value_heads", json!("2")),
+        ("head_dim", json!(16.5)),
+        ("max_position_embeddings", json!(256.0)),
+        ("max_position_embeddings", json!(null)),
+        ("tie_word_embeddings", json!("yes")),
+        ("bos_token_id", json!([1])),
+        ("eos_token_id", json!([2, "x"])),
+        ("model_type", json!(["bitnet"])),
+    ] {
+        let mut c = base.clone();
+        c[key] = bad.clone();
+        let e = ModelConfig::from_hf(&c).expect_err("bad config accepted");
+        let says = format!("\"{key}\" is {bad}, not");
+        assert!(e.contains(&says), "{key} {bad}: {e}");
+    }
+    let mut c = base.clone();
+    c["quantization_config"] = json!({"quant_method": "bitnet", "linear_class": 3});
+    let e = ModelConfig::from_hf(&c).expect_err("bad linear_class accepted");
+    assert!(
+        e.contains("\"quantization_config.linear_class\" is 3"),
+        "{e}"
+    );
+    // null where transformers reads None as the default
+    let mut c = base.clone();
+    for key in [
+        "num_key_value_heads",
+        "head_dim",
+        "bos_token_id",
+        "eos_token_id",
+    ] {
+        c[key] = json!(null);
+    }
+    let (cfg, _) = ModelConfig::from_hf(&c).expect("nulls read as defaults");
+    assert_eq!(cfg.num_key_value_heads, cfg.num_attention_heads);
+    assert_eq!(cfg.head_dim * cfg.num_attention_heads, cfg.hidden_size);
+    assert!(cfg.bos_token_id.is_none() && cfg.eos_token_id.is_empty());
+    // an absent activation is the family's default, as in transformers (BitNetConfig: relu2)
+    let mut c = base.clone();
+    c.as_object_mut().expect("object").remove("hidden_act");
+    assert_eq!(
+        ModelConfig::from_hf(&c).expect("default").0.hidden_act,
+        Activation::Relu2
+    );
+}
+
 /// formats/bnet.md §4.4's worked example, byte for byte, and back; the size formula.
 #[test]
 fn tl_worked_example_is_byte_exact() {
