@@ -89,7 +89,20 @@ fn read_file(path: &Path) -> Result<Vec<u8>> {
 pub struct Sources {
     pub config: Option<PathBuf>,
     pub tokenizer: Option<PathBuf>,
-    pub require_tokenizer: bool,
+    pub tokenizer_files: TokenizerFiles,
+}
+
+/// Whether a checkpoint's tokenizer (tokenizer.json or tokenizer.model) is stored.
+#[derive(Default, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenizerFiles {
+    /// Stored when the checkpoint has one.
+    #[default]
+    IfPresent,
+    /// A checkpoint without one is an error (bitnet-pack's default: a model that cannot encode
+    /// text is rarely what is wanted).
+    Required,
+    /// Never stored, even when the checkpoint has one (`--no-tokenizer`).
+    Without,
 }
 
 impl Checkpoint {
@@ -146,8 +159,10 @@ impl Checkpoint {
             };
             blobs.push((name.to_string(), t.clone()));
         }
+        let without = src.tokenizer_files == TokenizerFiles::Without;
         for name in BLOB_FILES {
-            if blobs.iter().any(|(n, _)| n == name) {
+            let tokenizer = *name == "tokenizer.json" || *name == "tokenizer.model";
+            if blobs.iter().any(|(n, _)| n == name) || (tokenizer && without) {
                 continue;
             }
             for d in [&dir, &tok_dir] {
@@ -161,7 +176,18 @@ impl Checkpoint {
         let has_tok = blobs
             .iter()
             .any(|(n, _)| n == "tokenizer.json" || n == "tokenizer.model");
-        if src.require_tokenizer && !has_tok {
+        // the runner loads the stored file as it is: one that is not a tokenizer (a
+        // tokenizer_config.json given as --tokenizer, a damaged download) is refused here,
+        // where the source can still be named and fixed
+        for (_, path) in blobs.iter().filter(|(n, _)| n == "tokenizer.json") {
+            crate::tokenizer::Tokenizer::from_json(&read_file(path)?).map_err(|why| {
+                Error::checkpoint(format!(
+                    "{}: not a usable tokenizer.json ({why}); pass the model's tokenizer.json with --tokenizer, or --no-tokenizer to pack without one",
+                    path.display()
+                ))
+            })?;
+        }
+        if src.tokenizer_files == TokenizerFiles::Required && !has_tok {
             return Err(Error::checkpoint(format!(
                 "{}: no tokenizer.json or tokenizer.model found; pass --tokenizer FILE, or --no-tokenizer to pack without one (the model then cannot encode text)",
                 dir.display()

@@ -13,7 +13,12 @@ impl Tokenizer {
                 "this container has no tokenizer.json: pass token ids with --ids, or re-pack the model with --tokenizer FILE".into(),
             )
         })?;
-        let bytes = f.data(e);
+        Tokenizer::from_json(f.data(e)).map_err(stored)
+    }
+
+    /// Loads a tokenizer.json (untrusted bytes); the error is what is wrong with it. bitnet-pack
+    /// loads the file it stores, so a file that is not a tokenizer is refused at packing.
+    pub fn from_json(bytes: &[u8]) -> std::result::Result<Tokenizer, String> {
         // a second parse only for the rare files that have a precompiled charsmap (a Llama 3
         // tokenizer.json is 9 MB)
         if bytes.windows(11).any(|w| w == b"Precompiled") {
@@ -21,7 +26,7 @@ impl Tokenizer {
                 check_precompiled(&v)?;
             }
         }
-        let bad = |e| Error::format(format!("the stored tokenizer.json does not load: {e}"));
+        let bad = |e: tokenizers::Error| format!("it does not load: {e}");
         let mut t =
             guarded("loading", || tokenizers::Tokenizer::from_bytes(bytes))?.map_err(bad)?;
         // as transformers does for a plain call: no padding, no truncation (a file's own
@@ -38,12 +43,14 @@ impl Tokenizer {
     }
 
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        guarded("decoding", || self.0.decode(ids, true))?
+        guarded("decoding", || self.0.decode(ids, true))
+            .map_err(stored)?
             .map_err(|e| Error::Usage(format!("cannot decode tokens: {e}")))
     }
 
     fn encode_with(&self, text: &str, special: bool) -> Result<Vec<u32>> {
-        let enc = guarded("tokenizing", || self.0.encode(text, special))?
+        let enc = guarded("tokenizing", || self.0.encode(text, special))
+            .map_err(stored)?
             .map_err(|e| Error::Usage(format!("cannot tokenize the prompt: {e}")))?;
         Ok(enc.get_ids().to_vec())
     }
@@ -63,7 +70,7 @@ fn non_empty(prompt: &str) -> Result<()> {
 /// tokenizers library reserves memory for before reading it: a tiny file declaring 4 GiB made it
 /// ask for 8 GiB (an abort, not an error, wherever memory is limited). Refuse a size larger than
 /// the charsmap itself.
-fn check_precompiled(v: &serde_json::Value) -> Result<()> {
+fn check_precompiled(v: &serde_json::Value) -> std::result::Result<(), String> {
     match v {
         serde_json::Value::Object(o) => {
             if o.get("type").and_then(|t| t.as_str()) == Some("Precompiled") {
@@ -72,9 +79,9 @@ fn check_precompiled(v: &serde_json::Value) -> Result<()> {
                     let head = base64_prefix(map);
                     let trie = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
                     if len < 4 || trie > len - 4 {
-                        return Err(Error::format(format!(
-                            "the stored tokenizer.json is malformed: its precompiled charsmap declares a {trie}-byte trie in {len} bytes; re-pack the model with a working tokenizer.json (or pass token ids with --ids)"
-                        )));
+                        return Err(format!(
+                            "its precompiled charsmap declares a {trie}-byte trie in {len} bytes"
+                        ));
                     }
                 }
             }
@@ -108,20 +115,23 @@ fn base64_prefix(s: &str) -> [u8; 6] {
     out
 }
 
-/// Runs a `tokenizers` call on the stored tokenizer.json, which is untrusted input: the library
-/// panics on some malformed files (a short precompiled charsmap, a template naming a missing
-/// special token, ...). A panic becomes an error, and the library's own panic message is not
-/// printed (see [`quiet_panics`]).
-fn guarded<T>(what: &str, f: impl FnOnce() -> T) -> Result<T> {
+/// The error for a container whose tokenizer.json is malformed, saying why (`reason`).
+fn stored(reason: String) -> Error {
+    Error::format(format!(
+        "the stored tokenizer.json is malformed: {reason}; re-pack the model with a working tokenizer.json (or pass token ids with --ids)"
+    ))
+}
+
+/// Runs a `tokenizers` call on a tokenizer.json, which is untrusted input: the library panics
+/// on some malformed files (a short precompiled charsmap, a template naming a missing special
+/// token, ...). A panic becomes an error saying what the call was doing, and the library's own
+/// panic message is not printed (see [`quiet_panics`]).
+fn guarded<T>(what: &str, f: impl FnOnce() -> T) -> std::result::Result<T, String> {
     quiet_panics();
     let was = GUARDED.with(|g| g.replace(true));
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
     GUARDED.with(|g| g.set(was));
-    r.map_err(|_| {
-        Error::format(format!(
-            "the stored tokenizer.json is malformed: the tokenizer failed while {what}; re-pack the model with a working tokenizer.json (or pass token ids with --ids)"
-        ))
-    })
+    r.map_err(|_| format!("the tokenizer failed while {what}"))
 }
 
 thread_local! {

@@ -332,6 +332,29 @@ fn error_missing_config_and_tokenizer() {
     assert_clean_failure(pack(&m, &out, &[]), "config.json not found", &out);
 }
 
+/// A tokenizer.json that the tokenizer library cannot load (another JSON file given as
+/// --tokenizer, a damaged download) is refused at pack, naming the file; it had been stored and
+/// failed only when the model was run.
+#[test]
+fn error_unusable_tokenizer() {
+    let d = tempfile::tempdir().unwrap();
+    let m = synth(d.path(), false);
+    let out = d.path().join("o.bnet");
+    let says = "not a usable tokenizer.json";
+    let wrong = m.join("config.json");
+    let o = pack(&m, &out, &["--tokenizer", wrong.to_str().unwrap()]);
+    assert_clean_failure(o, says, &out);
+    std::fs::write(m.join("tokenizer.json"), b"{\"model\": 1}").unwrap();
+    let o = pack(&m, &out, &[]);
+    let e = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(e.contains("tokenizer.json: not a usable"), "{e}");
+    assert_clean_failure(o, says, &out);
+    // --no-tokenizer stores none, whatever lies beside the weights
+    assert!(pack(&m, &out, &["--no-tokenizer"]).status.success());
+    let f = bitnet::format::BnetFile::open(&out).unwrap();
+    assert!(f.index.get("file:tokenizer.json").is_none());
+}
+
 fn edit_config(m: &Path, f: impl FnOnce(&mut Value)) {
     let p = m.join("config.json");
     let mut v: Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();

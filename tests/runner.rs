@@ -10,7 +10,7 @@
 
 use bitnet::format::bnet::DType;
 use bitnet::format::BnetFile;
-use bitnet::hf::{Checkpoint, Sources};
+use bitnet::hf::{Checkpoint, Sources, TokenizerFiles};
 use bitnet::kernels::Kernel;
 use bitnet::pack::{pack, Layout, PackOptions, QuantKind};
 use bitnet::runner::{fast::Session, reference, weights::Weights};
@@ -55,7 +55,11 @@ fn pack_dir(src: &Path, dir: &str, tmp: &Path, opts: &PackOptions, tokenizer: bo
     let ck = Checkpoint::open(
         src,
         &Sources {
-            require_tokenizer: tokenizer,
+            tokenizer_files: if tokenizer {
+                TokenizerFiles::Required
+            } else {
+                TokenizerFiles::IfPresent
+            },
             ..Default::default()
         },
     )

@@ -5,7 +5,7 @@ use bitnet::cli::{progress_bar, EXIT_OK};
 use bitnet::format::gguf::{is_gguf, Gguf};
 use bitnet::format::{is_bnet, BnetFile};
 use bitnet::gguf_io::{export, import, ImportOptions, TernaryType};
-use bitnet::hf::{Checkpoint, Sources};
+use bitnet::hf::{Checkpoint, Sources, TokenizerFiles};
 use bitnet::memory::peak_rss_bytes;
 use bitnet::model::Activation;
 use bitnet::outln;
@@ -37,7 +37,7 @@ struct Args {
     /// tokenizer.json (or tokenizer.model) to use (default: the one beside the weights)
     #[arg(long)]
     tokenizer: Option<PathBuf>,
-    /// Pack without a tokenizer (the model then cannot encode text)
+    /// Pack without a tokenizer, even one beside the weights (the model then cannot encode text)
     #[arg(long, conflicts_with = "tokenizer")]
     no_tokenizer: bool,
     /// Weight quantization for latent (float) checkpoints
@@ -218,7 +218,11 @@ fn run_pack(a: &Args, file: std::fs::File, dest: &Path, summary: bool) -> Result
         &Sources {
             config: a.config.clone(),
             tokenizer: a.tokenizer.clone(),
-            require_tokenizer: !a.no_tokenizer,
+            tokenizer_files: if a.no_tokenizer {
+                TokenizerFiles::Without
+            } else {
+                TokenizerFiles::Required
+            },
         },
     )?;
     if !a.quiet && !a.json {
