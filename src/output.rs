@@ -43,6 +43,13 @@ pub fn check_dest(dest: &Path, force: bool) -> Result<PathBuf> {
             parent.display()
         )));
     }
+    if dest.is_dir() {
+        return Err(Error::Output(format!(
+            "{}: is a directory; give the output file's path (for example {})",
+            dest.display(),
+            dest.join("model.bnet").display()
+        )));
+    }
     if dest.exists() && !force {
         return Err(Error::Output(format!(
             "{}: already exists; pass --force to overwrite it",
@@ -50,6 +57,22 @@ pub fn check_dest(dest: &Path, force: bool) -> Result<PathBuf> {
         )));
     }
     Ok(parent)
+}
+
+/// Refuses an output that is the input file itself (a mistyped `--dump-logits model.bnet
+/// --force` would replace the model with its logits).
+pub fn check_not_input(dest: &Path, input: &Path) -> Result<()> {
+    let same = match (std::fs::canonicalize(dest), std::fs::canonicalize(input)) {
+        (Ok(d), Ok(i)) => d == i,
+        _ => false,
+    };
+    if same {
+        return Err(Error::Output(format!(
+            "{}: is the input file; write the output to another path",
+            dest.display()
+        )));
+    }
+    Ok(())
 }
 
 /// Removes `.NAME.PID.XXXXXX.tmp` files in `dir` whose writer, process PID, no longer exists

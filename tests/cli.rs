@@ -486,6 +486,20 @@ fn error_output_directory_missing_and_output_exists() {
         b"precious",
         "the existing file must be untouched"
     );
+    // a directory as the output: refused before packing (it had printed "wrote" first, then
+    // failed at the rename), with or without --force
+    let dir = d.path().join("d.bnet");
+    std::fs::create_dir(&dir).unwrap();
+    for force in [&[][..], &["--force"][..]] {
+        let o = pack(&m, &dir, force);
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{e}");
+        assert!(
+            e.contains("is a directory; give the output file's path"),
+            "{e}"
+        );
+        assert!(!e.contains("wrote"), "{e}");
+    }
     assert!(pack(&m, &out, &["--force"]).status.success());
     assert!(cmd("bitnet-inspect")
         .arg(&out)

@@ -293,6 +293,33 @@ fn run_errors() {
         run(&["--prompt", "hi", "--threads", "0"]),
         "--threads 0: give at least 1",
     );
+    let cores = std::thread::available_parallelism().unwrap().get();
+    let many = (4 * cores + 1).to_string();
+    check(run(&["--prompt", "hi", "--threads", &many]), "times the");
+    // --dump-logits onto the model itself (with --force) is refused and the model kept;
+    // a directory as the output is refused before any work
+    let before = std::fs::read(&m).unwrap();
+    check(
+        run(&[
+            "--ids",
+            "1,2",
+            "--dump-logits",
+            m.to_str().unwrap(),
+            "--force",
+        ]),
+        "is the input file",
+    );
+    assert_eq!(std::fs::read(&m).unwrap(), before);
+    check(
+        run(&[
+            "--ids",
+            "1,2",
+            "--dump-logits",
+            tmp.path().to_str().unwrap(),
+            "--force",
+        ]),
+        "is a directory; give the output file's path",
+    );
     let empty = tmp.path().join("empty.txt");
     std::fs::write(&empty, "").unwrap();
     check(

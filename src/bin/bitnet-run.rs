@@ -95,6 +95,9 @@ fn nll(logits: &[f32], target: u32) -> f64 {
     lse - logits[target as usize] as f64
 }
 
+/// `--threads` beyond this many per core is refused, not just warned about.
+const MAX_OVERSUBSCRIPTION: usize = 4;
+
 fn run(a: Args) -> Result<()> {
     // bad sampling settings are refused before any work, whatever the mode
     let mut sampler = Sampler::new(a.temp, a.top_k, a.top_p, a.seed)?;
@@ -103,6 +106,13 @@ fn run(a: Args) -> Result<()> {
             bail!("--threads 0: give at least 1 (leave it out to use every core)");
         }
         let cores = std::thread::available_parallelism().map_or(n, |c| c.get());
+        if n > MAX_OVERSUBSCRIPTION * cores {
+            // 1000 threads on 2 cores took 45 s for what 2 do in 0.03 s; 100000 did not finish
+            bail!(
+                "--threads {n} is more than {MAX_OVERSUBSCRIPTION} times the {cores} cores \
+                 available, which only makes decoding slower; use at most {cores}"
+            );
+        }
         if n > cores {
             // decode's threads meet at a barrier several times per layer: a thread without a
             // core of its own stalls all of them (measured: 2 cores, --threads 3: −35%)
@@ -114,6 +124,11 @@ fn run(a: Args) -> Result<()> {
         rayon::ThreadPoolBuilder::new()
             .num_threads(n)
             .build_global()?;
+    }
+    if let Some(out) = &a.dump_logits {
+        // before any work, and never over the model itself
+        bitnet::output::check_dest(out, a.force)?;
+        bitnet::output::check_not_input(out, &a.model)?;
     }
     let f = open_model(&a.model, a.json)?;
     let w = Weights::load(&f).with_context(|| a.model.display().to_string())?;
