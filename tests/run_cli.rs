@@ -293,6 +293,44 @@ fn run_errors() {
         run(&["--prompt", "hi", "--threads", "0"]),
         "--threads 0: give at least 1",
     );
+    // options of another mode are refused, not silently ignored
+    let text = fixture("heldout.txt");
+    let text = text.to_str().unwrap();
+    for (args, msg) in [
+        (
+            &["--ppl", text, "--dump-logits", "x.safetensors"][..],
+            "cannot be used with",
+        ),
+        (&["--ppl", text, "--bench"][..], "cannot be used with"),
+        (&["--prompt", "hi", "--bench"][..], "cannot be used with"),
+        (&["--bench", "--temp", "0.5"][..], "cannot be used with"),
+        (
+            &["--prompt", "hi", "--ctx", "64"][..],
+            "--ctx goes with --ppl",
+        ),
+        (
+            &["--prompt", "hi", "--ppl-reference"][..],
+            "--ppl-reference goes with --ppl",
+        ),
+        (
+            &["--prompt", "hi", "--bench-decode", "4"][..],
+            "--bench-decode goes with --bench",
+        ),
+        (
+            &["--prompt", "hi", "--json"][..],
+            "--json is the output of --ppl and --bench",
+        ),
+    ] {
+        check(run(args), msg);
+    }
+    // generation that would run past the context says so
+    let o = run(&["--prompt", "In the beginning", "-n", "100000"]);
+    assert!(o.status.success());
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.contains("note: generating at most") && e.contains("context of"),
+        "{e}"
+    );
     let cores = std::thread::available_parallelism().unwrap().get();
     let many = (4 * cores + 1).to_string();
     check(run(&["--prompt", "hi", "--threads", &many]), "times the");

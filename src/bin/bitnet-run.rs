@@ -38,41 +38,41 @@ struct Args {
     #[arg(long, value_delimiter = ',')]
     ids: Option<Vec<u32>>,
     /// Tokens to generate
-    #[arg(short = 'n', long, default_value_t = 64)]
+    #[arg(short = 'n', long, default_value_t = 64, conflicts_with_all = NOT_GENERATING)]
     tokens: usize,
     /// Sampling temperature; 0 is greedy
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, conflicts_with_all = NOT_GENERATING)]
     temp: f32,
     /// Sample only among the k most likely tokens (0: all)
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, conflicts_with_all = NOT_GENERATING)]
     top_k: usize,
     /// Sample only from the smallest set of tokens whose probability reaches p
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, conflicts_with_all = NOT_GENERATING)]
     top_p: f32,
     /// Random seed for sampling
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, conflicts_with_all = NOT_GENERATING)]
     seed: u64,
     /// Write f32 logits [positions, vocab] of the prompt / ids to this .safetensors file
     #[arg(long)]
     dump_logits: Option<PathBuf>,
     /// Perplexity over this text file
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["prompt", "ids", "dump_logits", "bench"])]
     ppl: Option<PathBuf>,
-    /// Context length per perplexity window
-    #[arg(long, default_value_t = 512)]
-    ctx: usize,
+    /// Context length per perplexity window [default: 512]
+    #[arg(long)]
+    ctx: Option<usize>,
     /// Also compute the perplexity with the f32 reference (slow) and report the difference
     #[arg(long)]
     ppl_reference: bool,
-    /// Benchmark prompt processing and decoding
-    #[arg(long)]
+    /// Benchmark prompt processing and decoding (on a synthetic prompt)
+    #[arg(long, conflicts_with_all = ["prompt", "ids", "dump_logits"])]
     bench: bool,
-    /// Prompt tokens for --bench
-    #[arg(long, default_value_t = 128)]
-    bench_prompt: usize,
-    /// Decode tokens for --bench
-    #[arg(long, default_value_t = 128)]
-    bench_decode: usize,
+    /// Prompt tokens for --bench [default: 128]
+    #[arg(long)]
+    bench_prompt: Option<usize>,
+    /// Decode tokens for --bench [default: 128]
+    #[arg(long)]
+    bench_decode: Option<usize>,
     /// Worker threads (default: all cores)
     #[arg(long)]
     threads: Option<usize>,
@@ -83,6 +83,10 @@ struct Args {
     #[arg(long)]
     json: bool,
 }
+
+/// The modes in which generation's options mean nothing: given with one of them, they are an
+/// error rather than silently ignored.
+const NOT_GENERATING: [&str; 3] = ["ppl", "bench", "dump_logits"];
 
 fn nll(logits: &[f32], target: u32) -> f64 {
     let m = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
@@ -99,6 +103,25 @@ fn nll(logits: &[f32], target: u32) -> f64 {
 const MAX_OVERSUBSCRIPTION: usize = 4;
 
 fn run(a: Args) -> Result<()> {
+    // flags that mean something only in one mode are refused elsewhere, never silently ignored
+    // (checked here: clap's `requires` did not fire for them)
+    let ppl_only = [
+        ("--ctx", a.ctx.is_some()),
+        ("--ppl-reference", a.ppl_reference),
+    ];
+    if let Some((flag, _)) = ppl_only.iter().find(|(_, given)| *given && a.ppl.is_none()) {
+        bail!("{flag} goes with --ppl FILE (perplexity); it means nothing in other modes");
+    }
+    let bench_only = [
+        ("--bench-prompt", a.bench_prompt),
+        ("--bench-decode", a.bench_decode),
+    ];
+    if let Some((flag, _)) = bench_only.iter().find(|(_, n)| n.is_some() && !a.bench) {
+        bail!("{flag} goes with --bench; it means nothing in other modes");
+    }
+    if a.json && a.ppl.is_none() && !a.bench {
+        bail!("--json is the output of --ppl and --bench; generation streams text, and --dump-logits writes a file");
+    }
     // bad sampling settings are refused before any work, whatever the mode
     let mut sampler = Sampler::new(a.temp, a.top_k, a.top_p, a.seed)?;
     if let Some(n) = a.threads {
@@ -137,7 +160,8 @@ fn run(a: Args) -> Result<()> {
     let ctx = w.cfg.max_position_embeddings as usize;
 
     if a.bench {
-        let r = bitnet::runner::bench::run(&w, kern, a.bench_prompt, a.bench_decode)?;
+        let (prompt, decode) = (a.bench_prompt.unwrap_or(128), a.bench_decode.unwrap_or(128));
+        let r = bitnet::runner::bench::run(&w, kern, prompt, decode)?;
         if a.json {
             outln!("{}", serde_json::to_string_pretty(&r)?)?;
         } else {
@@ -178,11 +202,11 @@ fn run(a: Args) -> Result<()> {
         let tok = tok.map_err(|e| anyhow::anyhow!("{e}"))?;
         let ids = tok.encode(&text)?;
         bitnet::runner::check_ids(&w.cfg, &ids)?;
-        let win = a.ctx.min(ctx);
+        let want = a.ctx.unwrap_or(512);
+        let win = want.min(ctx);
         if win < 2 {
             bail!(
-                "perplexity needs windows of at least 2 tokens (--ctx {}, model context {ctx})",
-                a.ctx
+                "perplexity needs windows of at least 2 tokens (--ctx {want}, model context {ctx})"
             );
         }
         if ids.len() < 2 {
@@ -278,6 +302,14 @@ fn run(a: Args) -> Result<()> {
     }
 
     let n = a.tokens.min(ctx - prompt.len());
+    if n < a.tokens {
+        eprintln!(
+            "note: generating at most {n} of the {} tokens asked for: the prompt's {} tokens and \
+             the generated ones must fit the model's context of {ctx}",
+            a.tokens,
+            prompt.len()
+        );
+    }
     let mut s = Session::new(&w, kern);
     s.reserve(prompt.len() + n);
     let mut last = s.forward(&prompt, false)?.pop().expect("one");
