@@ -251,7 +251,12 @@ pub fn gguf_summary(
         "tensor_count": g.tensors.len(),
         "by_type": by_type,
         "convertible_to_bnet": match &convertible {
-            Ok(p) => serde_json::json!({"ok": true, "model": p.cfg, "notes": p.notes}),
+            Ok(p) => serde_json::json!({
+                "ok": true,
+                "command": format!("bitnet-pack FILE OUT.bnet{}", if g.dialect_forced { " --bitnet-cpp" } else { "" }),
+                "model": p.cfg,
+                "notes": p.notes,
+            }),
             Err(e) => serde_json::json!({"ok": false, "blocker": e}),
         },
         "tensors": with_tensors.then(|| g.tensors.iter().map(|t| serde_json::json!({
@@ -311,7 +316,11 @@ pub fn render_gguf(j: &Value) -> String {
     }
     let c = &j["convertible_to_bnet"];
     if c["ok"] == true {
-        let _ = writeln!(s, "to .bnet      yes: bitnet-pack FILE OUT.bnet");
+        let _ = writeln!(
+            s,
+            "to .bnet      yes: {}",
+            c["command"].as_str().unwrap_or("")
+        );
         for n in c["notes"].as_array().into_iter().flatten() {
             let _ = writeln!(s, "  note: {}", n.as_str().unwrap_or(""));
         }

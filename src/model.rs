@@ -169,7 +169,10 @@ impl ModelConfig {
             .and_then(|q| q.get("quant_method"))
             .and_then(Value::as_str);
         let hint = match model_type {
-            "bitnet" => FamilyHint::Bitnet,
+            "bitnet" if quant_method == Some("bitnet") => FamilyHint::Bitnet,
+            "bitnet" => {
+                return Err("a bitnet checkpoint without quantization_config.quant_method \"bitnet\" is a full-precision model in transformers (as bitnet-pack's unpacked directories are: their weights are dequantized floats, and re-quantizing them would change every scale); pack the original checkpoint, or keep using its .bnet".into())
+            }
             "llama" if archs.contains(&"BitnetForCausalLM") => FamilyHint::OneBitLlm,
             "llama" if quant_method == Some("bitnet") => FamilyHint::LlamaTernary,
             "llama" => {

@@ -493,6 +493,20 @@ fn refusals_name_the_problem() {
     let e = pack_err(&anon, &d.path().join("a.bnet"), &[]);
     assert!(e.contains("--bitnet-cpp") && e.contains("36"), "{e}");
     pack(&anon, &d.path().join("a.bnet"), &["--bitnet-cpp"]);
+    // inspect's conversion hint carries the flag the file needs
+    let text = bin("bitnet-inspect")
+        .arg(&anon)
+        .arg("--bitnet-cpp")
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let text = String::from_utf8_lossy(&text);
+    assert!(
+        text.contains("yes: bitnet-pack FILE OUT.bnet --bitnet-cpp"),
+        "{text}"
+    );
     // a layout for an output that is not a .bnet would be silently meaningless
     let e = pack_err(
         &small,
@@ -530,6 +544,70 @@ fn bitnet_arch_without_activation_needs_the_flag() {
         .args(["--prompt", "Blessed are the", "--tokens", "4"])
         .assert()
         .success();
+}
+
+/// An option of another direction is refused, naming it and what applies, instead of being
+/// silently ignored (a GGUF import's output was byte-identical with and without `--lm-head q4`);
+/// the same for inspect's GGUF-only and .bnet-only options.
+#[test]
+fn options_of_another_direction_are_refused() {
+    let d = tmp();
+    let ck = root().join("fixtures/onebitllm-256");
+    let bnet = d.path().join("m.bnet");
+    pack(&ck, &bnet, &[]);
+    let gg = d.path().join("m.gguf");
+    pack(&bnet, &gg, &[]);
+    let (b2, g2) = (d.path().join("o.bnet"), d.path().join("o.gguf"));
+    let st = d.path().join("o.safetensors");
+    for (input, output, flag, says) in [
+        (&gg, &b2, "--lm-head=q4", "when importing a GGUF file"),
+        (&gg, &b2, "--quant=binary", "when importing a GGUF file"),
+        (
+            &bnet,
+            &g2,
+            "--embeddings=f16",
+            "when exporting a .bnet to GGUF",
+        ),
+        (&bnet, &st, "--lm-head=q4", "when unpacking a .bnet"),
+        (
+            &ck,
+            &b2,
+            "--activation=silu",
+            "when packing a checkpoint into a .bnet",
+        ),
+        (
+            &ck,
+            &b2,
+            "--gguf-type=i2_s",
+            "when packing a checkpoint into a .bnet",
+        ),
+        (
+            &ck,
+            &g2,
+            "--bitnet-cpp",
+            "when exporting a checkpoint to GGUF",
+        ),
+    ] {
+        let e = pack_err(input, output, &[flag]);
+        let name = flag.split('=').next().unwrap();
+        assert!(
+            e.contains(&format!("{name} does not apply {says}")),
+            "{flag}: {e}"
+        );
+        assert!(!output.exists());
+    }
+    // what applies still works
+    pack(&gg, &b2, &["--ternary-layout", "t2"]);
+    pack(&ck, &g2, &["--lm-head", "q4", "--gguf-type", "tq1_0"]);
+    for (file, flag, says) in [
+        (&gg, "--verify", "a GGUF file carries none"),
+        (&bnet, "--bitnet-cpp", "--bitnet-cpp is for GGUF files"),
+    ] {
+        let o = bin("bitnet-inspect").arg(file).arg(flag).output().unwrap();
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{e}");
+        assert!(e.contains(says), "{e}");
+    }
 }
 
 /// bitnet-inspect shows a GGUF file and what blocks its conversion.

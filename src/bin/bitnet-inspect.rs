@@ -60,7 +60,16 @@ fn run_gguf(a: &Args) -> Result<u8> {
 
 fn run(a: Args) -> Result<u8> {
     if is_gguf(&a.file) {
+        if a.verify {
+            anyhow::bail!(
+                "--verify re-hashes a .bnet's checksums, and a GGUF file carries none; its \
+                 structure (offsets, sizes, types) is checked whenever it is read"
+            );
+        }
         return run_gguf(&a);
+    }
+    if a.bitnet_cpp {
+        anyhow::bail!("--bitnet-cpp is for GGUF files; a .bnet file states its own types");
     }
     let t = Instant::now();
     let f = BnetFile::open(&a.file).with_context(|| a.file.display().to_string())?;

@@ -11,7 +11,8 @@ use bitnet::model::Activation;
 use bitnet::outln;
 use bitnet::output::{AtomicFile, BackgroundWriter};
 use bitnet::pack::{pack, unpack, Layout, PackOptions, QuantKind, StoreAs};
-use clap::{Parser, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -70,6 +71,57 @@ struct Args {
     /// Print the result as JSON on stdout
     #[arg(long)]
     json: bool,
+    /// The ids of the options given on the command line (not defaulted).
+    #[arg(skip)]
+    given: Vec<String>,
+}
+
+/// The options that apply in some directions only.
+const DIRECTIONAL: [&str; 10] = [
+    "config",
+    "tokenizer",
+    "no_tokenizer",
+    "quant",
+    "embeddings",
+    "lm_head",
+    "ternary_layout",
+    "gguf_type",
+    "activation",
+    "bitnet_cpp",
+];
+
+/// Options of packing a checkpoint, whatever the output.
+const PACKING: [&str; 6] = [
+    "config",
+    "tokenizer",
+    "no_tokenizer",
+    "quant",
+    "embeddings",
+    "lm_head",
+];
+
+/// Refuses a directional option given for a direction (`doing`) that does not use it: it would
+/// be silently ignored (an import's output was byte-identical with and without `--lm-head q4`).
+fn refuse_unused(a: &Args, doing: &str, used: &[&str]) -> Result<()> {
+    let flag = |id: &str| format!("--{}", id.replace('_', "-"));
+    let unused = a
+        .given
+        .iter()
+        .find(|id| DIRECTIONAL.contains(&id.as_str()) && !used.contains(&id.as_str()));
+    if let Some(id) = unused {
+        let applies = match used {
+            [] => "no conversion options apply".to_string(),
+            _ => format!(
+                "these apply: {}",
+                used.iter().map(|u| flag(u)).collect::<Vec<_>>().join(", ")
+            ),
+        };
+        bail!(
+            "{} does not apply when {doing}; {applies}; drop it",
+            flag(id)
+        );
+    }
+    Ok(())
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -158,6 +210,11 @@ fn run(a: Args) -> Result<()> {
         );
     }
     if is_gguf(&a.input) {
+        refuse_unused(
+            &a,
+            "importing a GGUF file",
+            &["activation", "bitnet_cpp", "ternary_layout"],
+        )?;
         if !has_ext(&a.output, "bnet") {
             bail!(
                 "{}: a GGUF input is imported into a .bnet container; name the output *.bnet",
@@ -168,9 +225,15 @@ fn run(a: Args) -> Result<()> {
     }
     if is_bnet(&a.input) || has_ext(&a.input, "bnet") {
         if to_gguf {
+            refuse_unused(
+                &a,
+                "exporting a .bnet to GGUF, whose tensors go out as stored (export the checkpoint itself to store them otherwise)",
+                &["gguf_type"],
+            )?;
             let f = BnetFile::open(&a.input).with_context(|| a.input.display().to_string())?;
             return run_export(&a, &f);
         }
+        refuse_unused(&a, "unpacking a .bnet", &[])?;
         if has_ext(&a.output, "bnet") {
             bail!(
                 "{}: unpacking a .bnet writes a .safetensors file or a model directory, not another .bnet",
@@ -183,6 +246,8 @@ fn run(a: Args) -> Result<()> {
         return run_unpack_dir(&a);
     }
     if to_gguf {
+        let used = [&PACKING[..], &["gguf_type"]].concat();
+        refuse_unused(&a, "exporting a checkpoint to GGUF", &used)?;
         // checkpoint -> GGUF goes through a container in an unlinked temporary file, so
         // nothing is left behind whatever happens
         bitnet::output::check_dest(&a.output, a.force)?; // fail before packing
@@ -200,6 +265,8 @@ fn run(a: Args) -> Result<()> {
             a.output.display()
         );
     }
+    let used = [&PACKING[..], &["ternary_layout"]].concat();
+    refuse_unused(&a, "packing a checkpoint into a .bnet", &used)?;
     let mut out = AtomicFile::create(&a.output, a.force)?;
     let file = out
         .file()
@@ -446,5 +513,12 @@ fn run_unpack_dir(a: &Args) -> Result<()> {
 }
 
 fn main() -> ExitCode {
-    bitnet::cli::exit(run(Args::parse()).map(|()| EXIT_OK))
+    let m = Args::command().get_matches();
+    let mut a = Args::from_arg_matches(&m).unwrap_or_else(|e| e.exit());
+    a.given = m
+        .ids()
+        .filter(|id| m.value_source(id.as_str()) == Some(ValueSource::CommandLine))
+        .map(|id| id.to_string())
+        .collect();
+    bitnet::cli::exit(run(a).map(|()| EXIT_OK))
 }

@@ -157,6 +157,9 @@ pub struct Gguf {
     pub alignment: u64,
     pub data_offset: u64,
     pub dialect: Dialect,
+    /// The dialect is bitnet.cpp's only because the caller said so (`--bitnet-cpp`): the file
+    /// does not say it comes from bitnet.cpp, so every later read of it needs the flag too.
+    pub dialect_forced: bool,
 }
 
 fn bad(msg: impl Into<String>) -> Error {
@@ -416,6 +419,7 @@ impl Gguf {
             alignment,
             data_offset,
             dialect,
+            dialect_forced: bitnet_cpp && !from_bitnet_cpp,
         })
     }
 
