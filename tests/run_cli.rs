@@ -95,7 +95,38 @@ fn verify_exit_codes() {
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&o.stdout).contains("verdict   FAIL"));
+    // the verdict says what failed, and the report names the reference
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("verdict   FAIL: max |delta|") && out.contains("> 0.000001"),
+        "{out}"
+    );
+    assert!(out.contains(&format!("reference {}", m.display())), "{out}");
+    // a reference that is another model, or not a model at all: exit 2, saying so
+    let other = packed("llama-bitlinear-256", tmp.path(), &[]);
+    let readme = Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md");
+    for (reference, msg) in [
+        (
+            &other,
+            "the reference is another model (hidden_size 256 against the model's 64",
+        ),
+        (
+            &readme,
+            "not a .bnet or GGUF file, nor a Hugging Face checkpoint",
+        ),
+    ] {
+        let o = Command::cargo_bin("bitnet-verify")
+            .unwrap()
+            .arg(&m)
+            .arg("--reference")
+            .arg(reference)
+            .args(["--ids", "0,42,79", "--tokens", "2"])
+            .output()
+            .unwrap();
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{e}");
+        assert!(e.contains(msg), "{e}");
+    }
     // errors: exit 2; a tolerance that no model can meet is one
     for (flag, msg) in [
         ("--max-delta=-1", "-1 is not a tolerance"),

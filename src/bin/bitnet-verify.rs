@@ -3,6 +3,7 @@
 use anyhow::{Context, Result};
 use bitnet::cli::{open_model, EXIT_FAILED, EXIT_OK};
 use bitnet::kernels::Kernel;
+use bitnet::model::ModelConfig;
 use bitnet::outln;
 use bitnet::runner::compare::{compare, summarize};
 use bitnet::runner::{fast::Session, reference, weights::Weights};
@@ -41,8 +42,8 @@ struct Args {
     tokens: usize,
     /// Tolerance: largest |delta logit| at any position. Default 0.15: int8 rounding-boundary
     /// flips between two correct float32 implementations reach ~0.1 on small models.
-    #[arg(long, default_value_t = 0.15, value_parser = tolerance::<f32>)]
-    max_delta: f32,
+    #[arg(long, default_value_t = 0.15, value_parser = tolerance::<f64>)]
+    max_delta: f64,
     /// Tolerance: mean KL(reference || fast) in nats
     #[arg(long, default_value_t = 1e-4, value_parser = tolerance::<f64>)]
     max_kl: f64,
@@ -54,11 +55,26 @@ struct Args {
     json: bool,
 }
 
-/// A .bnet to run the reference on: the file itself, or a Hugging Face checkpoint packed with
-/// default options into a temporary file that lives as long as the returned guard.
+/// A .bnet to run the reference on: the file itself (a GGUF file is imported on the fly by
+/// `open_model`), or a Hugging Face checkpoint packed with default options into a temporary
+/// file that lives as long as the returned guard.
 fn reference_container(p: &std::path::Path) -> Result<(Option<tempfile::TempPath>, PathBuf)> {
-    if bitnet::format::is_bnet(p) {
+    if bitnet::format::is_bnet(p) || bitnet::format::gguf::is_gguf(p) {
         return Ok((None, p.to_path_buf()));
+    }
+    let config = if p.is_dir() {
+        p.join("config.json")
+    } else {
+        p.with_file_name("config.json")
+    };
+    let checkpoint =
+        (p.is_dir() || p.extension().is_some_and(|e| e == "safetensors")) && config.is_file();
+    if !checkpoint {
+        anyhow::bail!(
+            "--reference {}: not a .bnet or GGUF file, nor a Hugging Face checkpoint (a \
+             directory, or a .safetensors file, with config.json beside the weights)",
+            p.display()
+        );
     }
     let ck = bitnet::hf::Checkpoint::open(p, &bitnet::hf::Sources::default())?;
     let tmp = tempfile::Builder::new().suffix(".bnet").tempfile()?;
@@ -94,13 +110,7 @@ fn run(a: Args) -> Result<u8> {
         None => None,
     };
     let rw = ref_w.as_ref().unwrap_or(&w);
-    if rw.cfg.vocab_size != w.cfg.vocab_size {
-        anyhow::bail!(
-            "the reference model has a different vocabulary ({} vs {})",
-            rw.cfg.vocab_size,
-            w.cfg.vocab_size
-        );
-    }
+    same_model(&rw.cfg, &w.cfg)?;
     let kern = Kernel::selected().map_err(anyhow::Error::msg)?;
     let tok = Tokenizer::from_container(&f);
     let prompt = bitnet::tokenizer::prompt_ids(a.ids.as_deref(), a.prompt.as_deref(), &tok)?
@@ -148,15 +158,31 @@ fn run(a: Args) -> Result<u8> {
         .iter()
         .zip(&fast_greedy)
         .position(|(x, y)| x != y);
-    // A divergence is tolerated only at a near-tie of the reference (margin within the band).
-    let greedy_ok = match diverge {
-        None => true,
-        Some(i) => ref_margins[i] <= 2.0 * a.max_delta,
-    };
-    let pass = sum.non_finite_positions == 0
-        && sum.max_abs_delta <= a.max_delta
-        && sum.kl_mean <= a.max_kl
-        && greedy_ok;
+    // what failed, in words; a divergence is tolerated only at a near-tie of the reference
+    // (margin within the band)
+    let mut failed = Vec::new();
+    if sum.non_finite_positions > 0 {
+        failed.push(format!(
+            "NaN or infinite logits at {} of {} positions",
+            sum.non_finite_positions, sum.positions
+        ));
+    }
+    if sum.max_abs_delta as f64 > a.max_delta {
+        failed.push(format!(
+            "max |delta| {:.3e} > {}",
+            sum.max_abs_delta, a.max_delta
+        ));
+    }
+    if sum.kl_mean > a.max_kl {
+        failed.push(format!("KL mean {:.3e} > {}", sum.kl_mean, a.max_kl));
+    }
+    if let Some(i) = diverge.filter(|&i| ref_margins[i] as f64 > 2.0 * a.max_delta) {
+        failed.push(format!(
+            "greedy tokens differ at token {i}, where the reference's top-1/top-2 margin {:.3} is no near-tie (> 2 x {})",
+            ref_margins[i], a.max_delta
+        ));
+    }
+    let pass = failed.is_empty();
     let text = |t: &[u32]| {
         tok.as_ref()
             .ok()
@@ -165,13 +191,13 @@ fn run(a: Args) -> Result<u8> {
     };
     if a.json {
         let j = serde_json::json!({
-            "model": a.model, "family": f.index.meta.get("family"), "kernel": kern.name(),
+            "model": a.model, "reference": a.reference, "family": f.index.meta.get("family"), "kernel": kern.name(),
             "prompt_tokens": prompt.len(), "generated_tokens": a.tokens,
             "summary": sum, "positions": per,
             "greedy": {"identical": diverge.is_none(), "first_divergence": diverge, "reference": ref_greedy,
                        "fast": fast_greedy, "reference_text": text(ref_greedy)},
             "tolerances": {"max_delta": a.max_delta, "max_kl_mean": a.max_kl},
-            "pass": pass,
+            "pass": pass, "failed": failed,
         });
         outln!("{}", serde_json::to_string_pretty(&j)?)?;
     } else {
@@ -188,6 +214,9 @@ fn run(a: Args) -> Result<u8> {
             prompt.len(),
             a.tokens
         )?;
+        if let Some(r) = &a.reference {
+            outln!("reference {}", r.display())?;
+        }
         if a.per_position {
             outln!(
                 "{:>4} {:>7} {:>10} {:>10} {:>5} {:>5} {:>10} {:>8}",
@@ -232,14 +261,51 @@ fn run(a: Args) -> Result<u8> {
                 text(&fast_greedy)
             )?,
         }
-        outln!(
-            "verdict   {} (finite logits, max |delta| <= {}, KL mean <= {:e}, greedy identical except at near-ties)",
-            if pass { "PASS" } else { "FAIL" },
-            a.max_delta,
-            a.max_kl
-        )?;
+        if pass {
+            outln!(
+                "verdict   PASS (finite logits, max |delta| <= {}, KL mean <= {}, greedy identical except at near-ties)",
+                a.max_delta,
+                a.max_kl
+            )?;
+        } else {
+            outln!("verdict   FAIL: {}", failed.join("; "))?;
+        }
     }
     Ok(if pass { EXIT_OK } else { EXIT_FAILED })
+}
+
+/// Refuses a reference that is another model (other shapes, activation or architecture): its
+/// logits would fail every check and say nothing about the fast path.
+fn same_model(r: &ModelConfig, m: &ModelConfig) -> Result<()> {
+    let fields = |c: &ModelConfig| {
+        [
+            ("vocab_size", c.vocab_size.to_string()),
+            ("hidden_size", c.hidden_size.to_string()),
+            ("intermediate_size", c.intermediate_size.to_string()),
+            ("num_hidden_layers", c.num_hidden_layers.to_string()),
+            ("num_attention_heads", c.num_attention_heads.to_string()),
+            ("num_key_value_heads", c.num_key_value_heads.to_string()),
+            ("head_dim", c.head_dim.to_string()),
+            ("hidden_act", format!("{:?}", c.hidden_act).to_lowercase()),
+            (
+                "architecture",
+                format!("{:?}", c.architecture).to_lowercase(),
+            ),
+        ]
+    };
+    let differ: Vec<String> = fields(r)
+        .into_iter()
+        .zip(fields(m))
+        .filter(|((_, a), (_, b))| a != b)
+        .map(|((k, a), (_, b))| format!("{k} {a} against the model's {b}"))
+        .collect();
+    if !differ.is_empty() {
+        anyhow::bail!(
+            "the reference is another model ({}); give the same model packed differently, or its checkpoint",
+            differ.join(", ")
+        );
+    }
+    Ok(())
 }
 
 /// A tolerance flag's value: a number, 0 or more (`inf` turns the check off). A NaN or
