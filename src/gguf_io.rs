@@ -624,7 +624,9 @@ fn import_config(g: &Gguf, opts: &ImportOptions) -> Result<ModelConfig> {
     let hidden_act = match (stated, opts.activation, graph_act) {
         (Some(s), Some(o), _) if s != o => {
             return Err(Error::Usage(format!(
-                "--activation {o:?} contradicts the file's {arch}.hidden_activation {s:?}"
+                "--activation {} contradicts the file's {arch}.hidden_activation {}; drop --activation",
+                o.name(),
+                s.name()
             )))
         }
         (Some(s), _, _) | (None, Some(s), _) | (None, None, Some(s)) => s,
@@ -919,6 +921,8 @@ pub fn import<W: Write + Seek>(
         notes.push("rope_freqs.weight (all ones) skipped".into());
     }
     let mut w = Writer::new(out, dest)?;
+    // the stored dtypes of the embeddings and an untied head, for the metadata
+    let (mut embeddings, mut lm_head) = (None, None);
     for (canonical, shape, role, t) in &items {
         let gname = &t.name;
         let data = &bytes[t.range()];
@@ -962,25 +966,32 @@ pub fn import<W: Write + Seek>(
                 source_dtype: src,
             };
             w.tensor(canonical, dtype, shape, sc, &packed)?;
-        } else if t.ty.id == ggml::Q4_0 {
-            if let Some(r) = quant::q4_first_bad_row(data, k) {
-                return Err(Error::gguf(format!(
-                    "tensor {} row {r} has a non-finite Q4_0 scale; the file is damaged",
-                    t.name
-                )));
-            }
-            w.tensor(canonical, DType::Q4, shape, Scale::NONE, data)?;
-        } else if t.ty.id == ggml::Q8_0 {
-            let mut x = vec![0f32; (rows * k) as usize];
-            ggml::decode_q8_0(data, &mut x);
-            w.tensor(canonical, DType::F32, shape, Scale::NONE, &f32_bytes(&x))?;
         } else {
-            let dtype = match t.ty.id {
-                ggml::F32 => DType::F32,
-                ggml::F16 => DType::F16,
-                _ => DType::BF16,
+            let (dtype, stored) = match t.ty.id {
+                ggml::Q4_0 => {
+                    if let Some(r) = quant::q4_first_bad_row(data, k) {
+                        return Err(Error::gguf(format!(
+                            "tensor {} row {r} has a non-finite Q4_0 scale; the file is damaged",
+                            t.name
+                        )));
+                    }
+                    (DType::Q4, std::borrow::Cow::Borrowed(data))
+                }
+                ggml::Q8_0 => {
+                    let mut x = vec![0f32; (rows * k) as usize];
+                    ggml::decode_q8_0(data, &mut x);
+                    (DType::F32, std::borrow::Cow::Owned(f32_bytes(&x)))
+                }
+                ggml::F32 => (DType::F32, data.into()),
+                ggml::F16 => (DType::F16, data.into()),
+                _ => (DType::BF16, data.into()),
             };
-            w.tensor(canonical, dtype, shape, Scale::NONE, data)?;
+            w.tensor(canonical, dtype, shape, Scale::NONE, &stored)?;
+            match canonical.as_str() {
+                "model.embed_tokens.weight" => embeddings = Some(dtype),
+                "lm_head.weight" => lm_head = Some(dtype),
+                _ => {}
+            }
         }
         progress(t.len);
     }
@@ -1019,6 +1030,12 @@ pub fn import<W: Write + Seek>(
             "method": format!("imported from GGUF ({})", ty_names.into_iter().collect::<Vec<_>>().join(", ")),
             "scale_op": "multiply",
             "parameters": {"scale": "the tensor's one block scale (fp16 in TQ types, f32 in I2_S)"},
+            "layout": match opts.layout { Layout::TL => "TL", Layout::T2 => "T2" },
+            "embeddings": embeddings.map_or("?", DType::name),
+            "lm_head": match lm_head {
+                Some(d) => d.name(),
+                None => "tied",
+            },
         },
         "provenance": {
             "tool": format!("bitnet-tools {}", env!("CARGO_PKG_VERSION")),
@@ -1189,12 +1206,9 @@ pub fn open_model(path: &Path) -> Result<(BnetFile, bool)> {
     // SAFETY: read-only mapping of a file we do not modify (see BnetFile::open).
     let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
     let g = Gguf::parse(&map, false)?;
-    let tmp = tempfile::tempfile().map_err(|e| crate::output::write_error(path, e))?;
-    let sink = std::io::BufWriter::with_capacity(
-        8 << 20,
-        tmp.try_clone()
-            .map_err(|e| crate::output::write_error(path, e))?,
-    );
+    let temp_error = |e| crate::output::temp_error("the on-the-fly GGUF import", e);
+    let tmp = tempfile::tempfile().map_err(temp_error)?;
+    let sink = std::io::BufWriter::with_capacity(8 << 20, tmp.try_clone().map_err(temp_error)?);
     let (sink, _) = import(
         &g,
         &map,
@@ -1204,7 +1218,6 @@ pub fn open_model(path: &Path) -> Result<(BnetFile, bool)> {
         &ImportOptions::default(),
         &|_| {},
     )?;
-    sink.into_inner()
-        .map_err(|e| crate::output::write_error(path, e.into_error()))?;
+    sink.into_inner().map_err(|e| temp_error(e.into_error()))?;
     Ok((BnetFile::from_file(&tmp, path)?, true))
 }

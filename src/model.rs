@@ -24,6 +24,16 @@ pub enum Activation {
     Silu,
 }
 
+impl Activation {
+    /// The name in config.json, the container and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Activation::Relu2 => "relu2",
+            Activation::Silu => "silu",
+        }
+    }
+}
+
 /// transformers' BitNet linear class, which decides whether `weight_scale` multiplies or divides.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -195,6 +195,15 @@ pub fn write_error(dest: &Path, e: std::io::Error) -> Error {
     Error::Output(format!("{}: {advice} ({e})", dest.display()))
 }
 
+/// The error for a temporary file (outside the output's directory) that could not be created
+/// or written: it lives in `TMPDIR`, which the message names, since that is what to change.
+pub fn temp_error(what: &str, e: std::io::Error) -> Error {
+    Error::Output(format!(
+        "{what} needs a temporary file in {}, which failed ({e}); set TMPDIR to a writable directory with room",
+        std::env::temp_dir().display()
+    ))
+}
+
 /// Messages to the writer thread.
 enum Msg {
     Data(Vec<u8>),

@@ -598,7 +598,27 @@ fn options_of_another_direction_are_refused() {
     }
     // what applies still works
     pack(&gg, &b2, &["--ternary-layout", "t2"]);
+    // the import states what it stored (inspect had shown "embeddings ?, lm_head ?")
+    let q = &bitnet::format::BnetFile::open(&b2).unwrap().index.meta["quantization"];
+    assert_eq!(
+        (&q["layout"], &q["embeddings"], &q["lm_head"]),
+        (&"T2".into(), &"F16".into(), &"tied".into()),
+        "{q}"
+    );
     pack(&ck, &g2, &["--lm-head", "q4", "--gguf-type", "tq1_0"]);
+    // running a GGUF imports it into a temporary file: an unusable TMPDIR is named
+    let o = bin("bitnet-run")
+        .env("TMPDIR", d.path().join("missing"))
+        .arg(&gg)
+        .args(["--ids", "1", "-n", "1"])
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert!(
+        e.contains("needs a temporary file in") && e.contains("set TMPDIR"),
+        "{e}"
+    );
     for (file, flag, says) in [
         (&gg, "--verify", "a GGUF file carries none"),
         (&bnet, "--bitnet-cpp", "--bitnet-cpp is for GGUF files"),

@@ -147,6 +147,16 @@ fn verify_exit_codes() {
         ("BITNET_KERNEL", "sse9"),
         "BITNET_KERNEL=\"sse9\" is not a kernel path",
     );
+    // set but empty is unset
+    for var in ["BITNET_KERNEL", "BITNET_PREFETCH"] {
+        Command::cargo_bin("bitnet-run")
+            .unwrap()
+            .env(var, "")
+            .arg(&m)
+            .args(["--ids", "0", "-n", "1"])
+            .assert()
+            .success();
+    }
     // a real path this CPU lacks (avx512 on most machines): a clear error, never a crash or a
     // silent fallback
     for name in bitnet::kernels::Kernel::names() {

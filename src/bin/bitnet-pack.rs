@@ -126,7 +126,7 @@ fn refuse_unused(a: &Args, doing: &str, used: &[&str]) -> Result<()> {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum Quant {
-    /// absmean ternary {-1, 0, +1}, 2 bits per weight
+    /// absmean ternary {-1, 0, +1}: 5 bits per 3 weights in the default TL layout, 2 with --ternary-layout t2
     Ternary,
     /// sign binary {-1, +1} (original BitNet), 1 bit per weight
     Binary,
@@ -206,7 +206,8 @@ fn run(a: Args) -> Result<()> {
     }
     if matches!(a.quant, Quant::Binary) && matches!(a.ternary_layout, Some(TernaryLayout::Tl)) {
         bail!(
-            "--ternary-layout tl stores ternary weights; --quant binary makes binary ones, which              are always B1 (1 bit per weight): drop one of the two options"
+            "--ternary-layout tl stores ternary weights; --quant binary makes binary ones, which \
+             are always B1 (1 bit per weight): drop one of the two options"
         );
     }
     if is_gguf(&a.input) {

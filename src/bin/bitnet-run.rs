@@ -26,7 +26,7 @@ Decode prefetches its weights into L2, or with prefetchnta on Zen 5; BITNET_PREF
 Exit codes: 0 success, 2 error."
 )]
 struct Args {
-    /// The .bnet model
+    /// The .bnet model (or a GGUF file, imported on the fly)
     model: PathBuf,
     /// Prompt text
     #[arg(long, conflicts_with = "ids")]
@@ -87,6 +87,16 @@ struct Args {
 /// The modes in which generation's options mean nothing: given with one of them, they are an
 /// error rather than silently ignored.
 const NOT_GENERATING: [&str; 3] = ["ppl", "bench", "dump_logits"];
+
+/// A byte count in decimal units, as the GB/s beside it.
+fn bytes(b: u64) -> String {
+    match b as f64 {
+        v if v >= 1e9 => format!("{:.2} GB", v / 1e9),
+        v if v >= 1e6 => format!("{:.1} MB", v / 1e6),
+        v if v >= 1e3 => format!("{:.1} kB", v / 1e3),
+        _ => format!("{b} B"),
+    }
+}
 
 fn nll(logits: &[f32], target: u32) -> f64 {
     let m = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
@@ -165,26 +175,28 @@ fn run(a: Args) -> Result<()> {
         if a.json {
             outln!("{}", serde_json::to_string_pretty(&r)?)?;
         } else {
+            // weights this small stay in the caches between tokens: no memory-bandwidth figure
+            let cached = r.weight_bytes_per_decode_token < 32 << 20;
             outln!(
                 "kernel {} (prefetch {}), {} threads: prompt {} tokens at {:.1} tokens/s, decode {} tokens at {:.1} tokens/s\n\
-                 decode reads {:.3} GB of weights and {:.3} GB of KV cache per token: {:.2} GB/s, \
-                 {:.0}% of the {:.2} GB/s this process can read the weights at",
+                 decode reads {} of weights and {} of KV cache per token: {:.2} GB/s, \
+                 {:.0}% of the {:.2} GB/s this process can read the weights at{}",
                 r.kernel, r.prefetch, r.threads, r.prompt_tokens, r.prompt_tokens_per_s, r.decode_tokens,
-                r.decode_tokens_per_s, r.weight_bytes_per_decode_token as f64 / 1e9,
-                r.kv_cache_bytes_per_decode_token as f64 / 1e9, r.decode_gb_per_s,
-                100.0 * r.decode_share_of_bandwidth, r.read_bandwidth_gb_per_s
+                r.decode_tokens_per_s, bytes(r.weight_bytes_per_decode_token),
+                bytes(r.kv_cache_bytes_per_decode_token), r.decode_gb_per_s,
+                100.0 * r.decode_share_of_bandwidth, r.read_bandwidth_gb_per_s,
+                if cached { " (the weights fit in the CPU's caches, so these are not memory-bound figures)" } else { "" }
             )?;
             if let Some(m) = r.resident_after_decode {
                 // the mapped container (for a GGUF, the .bnet it was imported to)
                 outln!(
-                    "resident after decoding: {:.3} GB: {:.3} GB of mapped file pages (weights \
-                     read in place from the {:.3} GB container, and this program), {:.3} GB \
-                     anonymous (of it {:.3} GB of KV cache)",
-                    m.total_bytes as f64 / 1e9,
-                    m.file_bytes as f64 / 1e9,
-                    f.map.len() as f64 / 1e9,
-                    m.anon_bytes as f64 / 1e9,
-                    r.kv_cache_bytes as f64 / 1e9
+                    "resident after decoding: {}: {} of mapped file pages (weights read in place \
+                     from the {} container, and this program), {} anonymous (of it {} of KV cache)",
+                    bytes(m.total_bytes),
+                    bytes(m.file_bytes),
+                    bytes(f.map.len() as u64),
+                    bytes(m.anon_bytes),
+                    bytes(r.kv_cache_bytes)
                 )?;
             }
         }

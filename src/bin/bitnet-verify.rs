@@ -24,7 +24,7 @@ The kernel path is the best this CPU has; BITNET_KERNEL=scalar|avx2|avx512 force
 Decode prefetches its weights into L2, or with prefetchnta on Zen 5; BITNET_PREFETCH=l2|nta forces one."
 )]
 struct Args {
-    /// The .bnet model
+    /// The .bnet model (or a GGUF file, imported on the fly)
     model: PathBuf,
     /// Prompt text (tokenized with the container's tokenizer)
     #[arg(long, required_unless_present = "ids")]
@@ -77,7 +77,10 @@ fn reference_container(p: &std::path::Path) -> Result<(Option<tempfile::TempPath
         );
     }
     let ck = bitnet::hf::Checkpoint::open(p, &bitnet::hf::Sources::default())?;
-    let tmp = tempfile::Builder::new().suffix(".bnet").tempfile()?;
+    let tmp = tempfile::Builder::new()
+        .suffix(".bnet")
+        .tempfile()
+        .map_err(|e| bitnet::output::temp_error("packing the reference checkpoint", e))?;
     let (file, path) = tmp.into_parts();
     bitnet::pack::pack(
         &ck,
@@ -286,7 +289,7 @@ fn same_model(r: &ModelConfig, m: &ModelConfig) -> Result<()> {
             ("num_attention_heads", c.num_attention_heads.to_string()),
             ("num_key_value_heads", c.num_key_value_heads.to_string()),
             ("head_dim", c.head_dim.to_string()),
-            ("hidden_act", format!("{:?}", c.hidden_act).to_lowercase()),
+            ("hidden_act", c.hidden_act.name().to_string()),
             (
                 "architecture",
                 format!("{:?}", c.architecture).to_lowercase(),

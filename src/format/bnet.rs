@@ -329,7 +329,7 @@ impl Index {
         let actual_len = src.len();
         if actual_len < HEADER_LEN as u64 {
             return Err(Error::format(format!(
-                "file is {actual_len} bytes, shorter than the {HEADER_LEN}-byte header (truncated?)"
+                "file is {actual_len} bytes, shorter than the {HEADER_LEN}-byte header (truncated?); copy or download it again, or re-create it with bitnet-pack"
             )));
         }
         let h = src.read_at(0, HEADER_LEN)?;
@@ -370,7 +370,7 @@ impl Index {
         }
         if file_len != actual_len {
             return Err(Error::format(format!(
-                "header says the file is {file_len} bytes but it is {actual_len} (truncated or appended to)"
+                "header says the file is {file_len} bytes but it is {actual_len} (truncated or appended to); copy or download it again, or re-create it with bitnet-pack"
             )));
         }
         if count > MAX_TENSORS || names_len > MAX_NAMES_LEN || meta_len > MAX_META_LEN {

@@ -131,19 +131,23 @@ impl Kernel {
         #[cfg(target_arch = "x86_64")]
         x86::Prefetch::selected()?;
         static SEL: OnceLock<Result<Kernel, String>> = OnceLock::new();
-        SEL.get_or_init(|| match std::env::var_os("BITNET_KERNEL") {
-            Some(v) => {
-                let v = v.to_string_lossy();
-                if !Kernel::names().contains(&v.as_ref()) {
-                    return Err(format!(
-                        "BITNET_KERNEL={v:?} is not a kernel path; use scalar, avx2 or avx512"
-                    ));
+        // set but empty counts as unset, as for most variables of this kind
+        SEL.get_or_init(
+            || match std::env::var_os("BITNET_KERNEL").filter(|v| !v.is_empty()) {
+                Some(v) => {
+                    let v = v.to_string_lossy();
+                    if !Kernel::names().contains(&v.as_ref()) {
+                        return Err(format!(
+                            "BITNET_KERNEL={v:?} is not a kernel path; use scalar, avx2 or avx512"
+                        ));
+                    }
+                    Kernel::named(&v).ok_or_else(|| {
+                        format!("BITNET_KERNEL={v}: this CPU cannot run the {v} path")
+                    })
                 }
-                Kernel::named(&v)
-                    .ok_or_else(|| format!("BITNET_KERNEL={v}: this CPU cannot run the {v} path"))
-            }
-            None => Ok(*Kernel::all_available().last().expect("scalar always")),
-        })
+                None => Ok(*Kernel::all_available().last().expect("scalar always")),
+            },
+        )
         .clone()
     }
 

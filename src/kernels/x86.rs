@@ -246,7 +246,7 @@ static NTA: AtomicBool = AtomicBool::new(false);
 pub(crate) fn prefetch_mode() -> &'static Result<Prefetch, String> {
     static SEL: OnceLock<Result<Prefetch, String>> = OnceLock::new();
     SEL.get_or_init(|| {
-        let mode = match std::env::var_os("BITNET_PREFETCH") {
+        let mode = match std::env::var_os("BITNET_PREFETCH").filter(|v| !v.is_empty()) {
             Some(v) => match v.to_string_lossy().as_ref() {
                 "l2" => Ok(Prefetch::L2),
                 "nta" => Ok(Prefetch::Nta),
