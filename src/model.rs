@@ -125,6 +125,10 @@ impl Family {
     }
 }
 
+/// The config.json key that marks a model directory written by `bitnet-pack` unpacking a `.bnet`
+/// (transformers keeps unknown keys as attributes and ignores them).
+pub const UNPACKED_KEY: &str = "bitnet_tools_unpacked";
+
 /// The config.json value at `path` (a key, or `object.key` inside `obj`) read by `get`, `None`
 /// when absent. A value of another type is an error naming it, never the default:
 /// `"rms_norm_eps": "1e-5"` or `"hidden_act": 5` would otherwise pack a different model without
@@ -178,11 +182,11 @@ impl ModelConfig {
         let quant_method = qc
             .and_then(|q| q.get("quant_method"))
             .and_then(Value::as_str);
+        if raw.get(UNPACKED_KEY).is_some() {
+            return Err("this is a directory bitnet-pack unpacked from a .bnet: its weights are dequantized floats, and packing them again would re-quantize them with different scales (a different model); pack the original checkpoint, or keep using the .bnet".into());
+        }
         let hint = match model_type {
-            "bitnet" if quant_method == Some("bitnet") => FamilyHint::Bitnet,
-            "bitnet" => {
-                return Err("a bitnet checkpoint without quantization_config.quant_method \"bitnet\" is a full-precision model in transformers (as bitnet-pack's unpacked directories are: their weights are dequantized floats, and re-quantizing them would change every scale); pack the original checkpoint, or keep using its .bnet".into())
-            }
+            "bitnet" => FamilyHint::Bitnet,
             "llama" if archs.contains(&"BitnetForCausalLM") => FamilyHint::OneBitLlm,
             "llama" if quant_method == Some("bitnet") => FamilyHint::LlamaTernary,
             "llama" => {

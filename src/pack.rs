@@ -707,7 +707,7 @@ pub fn unpack<W: Write>(
 
 /// config.json for an unpacked model directory that transformers can load: the original,
 /// without `quantization_config` (the weights are now plain dequantized floats, so the quantizer
-/// must not run again), and for 1bitLLM checkpoints, whose sub-norms are stored under the BitNet
+/// must not run again), marked with [`crate::model::UNPACKED_KEY`], and for 1bitLLM checkpoints, whose sub-norms are stored under the BitNet
 /// names, declared as the equivalent transformers BitNet model.
 pub fn unpacked_config(index: &Index, bytes: &[u8]) -> Result<Vec<u8>> {
     let e = index
@@ -719,6 +719,11 @@ pub fn unpacked_config(index: &Index, bytes: &[u8]) -> Result<Vec<u8>> {
         .as_object_mut()
         .ok_or_else(|| Error::format("the stored config.json is not a JSON object"))?;
     obj.remove("quantization_config");
+    // so that bitnet-pack refuses to pack it again as if it were a latent checkpoint
+    obj.insert(
+        crate::model::UNPACKED_KEY.into(),
+        json!("dequantized weights of a .bnet; not a BitNet checkpoint to pack"),
+    );
     if index.meta.get("family").and_then(Value::as_str) == Some("1bitllm-latent") {
         obj.insert("model_type".into(), "bitnet".into());
         obj.insert("architectures".into(), json!(["BitNetForCausalLM"]));

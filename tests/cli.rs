@@ -851,10 +851,14 @@ fn unpack_to_model_directory() {
     let o = pack(&b, &out, &["--force"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("never overwrites"));
-    // packing it again is refused: in transformers it is a full-precision model, and
-    // re-quantizing its dequantized weights had silently changed every scale
+    // packing it again is refused: re-quantizing its dequantized weights had silently changed
+    // every scale
     let again = d.path().join("again.bnet");
-    assert_clean_failure(pack(&out, &again, &[]), "is a full-precision model", &again);
+    assert_clean_failure(
+        pack(&out, &again, &[]),
+        "bitnet-pack unpacked from a .bnet",
+        &again,
+    );
     let leftovers: Vec<_> = std::fs::read_dir(d.path())
         .unwrap()
         .filter_map(|e| e.ok())

@@ -481,6 +481,16 @@ fn config_values_of_the_wrong_type_are_refused_by_name() {
         ModelConfig::from_hf(&c).expect("default").0.hidden_act,
         Activation::Relu2
     );
+    // a latent BitNet checkpoint without quantization_config still reads as one; a directory
+    // that bitnet-pack unpacked (marked) does not
+    let mut c = base.clone();
+    c.as_object_mut()
+        .expect("object")
+        .remove("quantization_config");
+    assert!(ModelConfig::from_hf(&c).is_ok());
+    c[bitnet::model::UNPACKED_KEY] = json!("...");
+    let e = ModelConfig::from_hf(&c).expect_err("unpacked directory accepted");
+    assert!(e.contains("unpacked from a .bnet"), "{e}");
 }
 
 /// formats/bnet.md §4.4's worked example, byte for byte, and back; the size formula.
