@@ -129,32 +129,52 @@ impl Family {
 /// (transformers keeps unknown keys as attributes and ignores them).
 pub const UNPACKED_KEY: &str = "bitnet_tools_unpacked";
 
+/// What an absent config.json value means.
+#[derive(Clone, Copy, PartialEq)]
+enum Absent {
+    /// An error (the caller says so).
+    Required,
+    /// The default.
+    Default,
+    /// The default, and so is `null`: transformers' config classes read `None` that way.
+    DefaultOrNull,
+}
+
 /// The config.json value at `path` (a key, or `object.key` inside `obj`) read by `get`, `None`
 /// when absent. A value of another type is an error naming it, never the default:
 /// `"rms_norm_eps": "1e-5"` or `"hidden_act": 5` would otherwise pack a different model without
-/// a word. JSON `null` counts as absent only where transformers' config classes read `None` as
-/// "use the default" (`nullable`).
+/// a word. (The caller prefixes the file's path.)
 fn field<'a, T>(
     obj: Option<&'a Value>,
     path: &str,
     want: &str,
-    nullable: bool,
+    absent: Absent,
     get: impl Fn(&'a Value) -> Option<T>,
 ) -> Result<Option<T>, String> {
     let key = path.rsplit('.').next().unwrap_or(path);
     match obj.and_then(|o| o.get(key)) {
         None => Ok(None),
-        Some(Value::Null) if nullable => Ok(None),
+        Some(Value::Null) if absent == Absent::DefaultOrNull => Ok(None),
         Some(v) => get(v).map(Some).ok_or_else(|| {
-            format!("config.json's \"{path}\" is {v}, not {want}; correct it, or remove the key to use the default")
+            let or = match absent {
+                Absent::Required => "",
+                _ => ", or remove the key to use the default",
+            };
+            format!("\"{path}\" is {v}, not {want}; correct it{or}")
         }),
     }
 }
 
 fn get_u64(raw: &Value, key: &str) -> Result<u64, String> {
-    field(Some(raw), key, "a positive integer", false, Value::as_u64)?
-        .filter(|&v| v > 0)
-        .ok_or_else(|| format!("config.json lacks a positive integer \"{key}\""))
+    field(
+        Some(raw),
+        key,
+        "a positive integer",
+        Absent::Required,
+        Value::as_u64,
+    )?
+    .filter(|&v| v > 0)
+    .ok_or_else(|| format!("config.json lacks a positive integer \"{key}\""))
 }
 
 /// `eos_token_id`: an id, a list of ids, or null.
@@ -163,7 +183,14 @@ fn token_ids(raw: &Value, key: &str) -> Result<Vec<u64>, String> {
         Value::Array(a) => a.iter().map(Value::as_u64).collect(),
         v => v.as_u64().map(|id| vec![id]),
     };
-    Ok(field(Some(raw), key, "a token id or a list of them", true, ids)?.unwrap_or_default())
+    Ok(field(
+        Some(raw),
+        key,
+        "a token id or a list of them",
+        Absent::DefaultOrNull,
+        ids,
+    )?
+    .unwrap_or_default())
 }
 
 impl ModelConfig {
@@ -171,8 +198,14 @@ impl ModelConfig {
     /// never silent defaults: a runner that assumes the wrong activation produces plausible
     /// garbage.
     pub fn from_hf(raw: &Value) -> Result<(ModelConfig, FamilyHint), String> {
-        let model_type =
-            field(Some(raw), "model_type", "a string", false, Value::as_str)?.unwrap_or("");
+        let model_type = field(
+            Some(raw),
+            "model_type",
+            "a string",
+            Absent::Required,
+            Value::as_str,
+        )?
+        .unwrap_or("");
         let archs: Vec<&str> = raw
             .get("architectures")
             .and_then(Value::as_array)
@@ -203,8 +236,14 @@ impl ModelConfig {
             FamilyHint::OneBitLlm => (Arch::Bitnet, true, "silu", 10_000.0, 1e-6),
             FamilyHint::LlamaTernary => (Arch::Llama, false, "silu", 10_000.0, 1e-6),
         };
-        let act_name = field(Some(raw), "hidden_act", "a string", false, Value::as_str)?
-            .unwrap_or(default_act);
+        let act_name = field(
+            Some(raw),
+            "hidden_act",
+            "a string",
+            Absent::Default,
+            Value::as_str,
+        )?
+        .unwrap_or(default_act);
         let hidden_act = match act_name {
             "relu2" => Activation::Relu2,
             "silu" | "swish" => Activation::Silu,
@@ -215,14 +254,22 @@ impl ModelConfig {
             }
         };
         for key in ["attention_bias", "mlp_bias"] {
-            if field(Some(raw), key, "true or false", true, Value::as_bool)? == Some(true) {
+            if field(
+                Some(raw),
+                key,
+                "true or false",
+                Absent::DefaultOrNull,
+                Value::as_bool,
+            )? == Some(true)
+            {
                 return Err(format!(
                     "{key}: true is not supported (BitNet layers have no bias)"
                 ));
             }
         }
         let class = "quantization_config.linear_class";
-        let linear_class = match field(qc, class, "a string", true, Value::as_str)? {
+        let linear_class = match field(qc, class, "a string", Absent::DefaultOrNull, Value::as_str)?
+        {
             None | Some("bitlinear") => LinearClass::BitLinear,
             Some("autobitlinear") => LinearClass::AutoBitLinear,
             Some(other) => {
@@ -232,7 +279,14 @@ impl ModelConfig {
             }
         };
         let rms = "quantization_config.use_rms_norm";
-        if field(qc, rms, "true or false", true, Value::as_bool)? == Some(true) {
+        if field(
+            qc,
+            rms,
+            "true or false",
+            Absent::DefaultOrNull,
+            Value::as_bool,
+        )? == Some(true)
+        {
             return Err("quantization_config.use_rms_norm: true is not supported yet".into());
         }
         let hidden_size = get_u64(raw, "hidden_size")?;
@@ -242,7 +296,7 @@ impl ModelConfig {
                 Some(raw),
                 key,
                 "a non-negative integer",
-                true,
+                Absent::DefaultOrNull,
                 Value::as_u64,
             )
         };
@@ -257,7 +311,7 @@ impl ModelConfig {
                 ),
             };
         let rope_params = raw.get("rope_parameters");
-        let number = |obj, path| field(obj, path, "a number", false, Value::as_f64);
+        let number = |obj, path| field(obj, path, "a number", Absent::Default, Value::as_f64);
         let rope_theta = number(Some(raw), "rope_theta")?
             .or(number(rope_params, "rope_parameters.rope_theta")?)
             .unwrap_or(default_theta);
@@ -265,7 +319,7 @@ impl ModelConfig {
             rope_params,
             "rope_parameters.rope_type",
             "a string",
-            true,
+            Absent::DefaultOrNull,
             Value::as_str,
         )?;
         let rope_scaling = match (raw.get("rope_scaling"), rope_params) {
@@ -291,7 +345,7 @@ impl ModelConfig {
                 Some(raw),
                 "max_position_embeddings",
                 "a positive integer",
-                false,
+                Absent::Default,
                 Value::as_u64,
             )?
             .unwrap_or(2048),
@@ -299,11 +353,17 @@ impl ModelConfig {
                 Some(raw),
                 "tie_word_embeddings",
                 "true or false",
-                true,
+                Absent::DefaultOrNull,
                 Value::as_bool,
             )?
             .unwrap_or(false),
-            bos_token_id: field(Some(raw), "bos_token_id", "a token id", true, Value::as_u64)?,
+            bos_token_id: field(
+                Some(raw),
+                "bos_token_id",
+                "a token id",
+                Absent::DefaultOrNull,
+                Value::as_u64,
+            )?,
             eos_token_id: token_ids(raw, "eos_token_id")?,
             linear_class,
         };

@@ -453,6 +453,11 @@ fn config_values_of_the_wrong_type_are_refused_by_name() {
         let says = format!("\"{key}\" is {bad}, not");
         assert!(e.contains(&says), "{key} {bad}: {e}");
     }
+    // a key without a default is not advised away
+    let mut c = base.clone();
+    c["vocab_size"] = json!("512");
+    let e = ModelConfig::from_hf(&c).expect_err("string vocab_size accepted");
+    assert!(e.ends_with("not a positive integer; correct it"), "{e}");
     let mut c = base.clone();
     c["quantization_config"] = json!({"quant_method": "bitnet", "linear_class": 3});
     let e = ModelConfig::from_hf(&c).expect_err("bad linear_class accepted");

@@ -68,11 +68,11 @@ fn run(a: Args) -> Result<u8> {
         }
         return run_gguf(&a);
     }
+    let t = Instant::now();
+    let f = BnetFile::open(&a.file).with_context(|| a.file.display().to_string())?;
     if a.bitnet_cpp {
         anyhow::bail!("--bitnet-cpp is for GGUF files; a .bnet file states its own types");
     }
-    let t = Instant::now();
-    let f = BnetFile::open(&a.file).with_context(|| a.file.display().to_string())?;
     let open_ms = t.elapsed().as_secs_f64() * 1e3;
     let mut summary = serde_json::to_value(Summary::new(&f, a.tensors))?;
     summary["open_ms"] = open_ms.into();

@@ -196,6 +196,8 @@ fn has_ext(p: &Path, ext: &str) -> bool {
 }
 
 fn run(a: Args) -> Result<()> {
+    // a missing input is that, not a checkpoint of the wrong direction's options
+    std::fs::metadata(&a.input).with_context(|| a.input.display().to_string())?;
     let to_gguf = has_ext(&a.output, "gguf");
     if a.ternary_layout.is_some() && !has_ext(&a.output, "bnet") {
         bail!(
@@ -211,17 +213,17 @@ fn run(a: Args) -> Result<()> {
         );
     }
     if is_gguf(&a.input) {
-        refuse_unused(
-            &a,
-            "importing a GGUF file",
-            &["activation", "bitnet_cpp", "ternary_layout"],
-        )?;
         if !has_ext(&a.output, "bnet") {
             bail!(
                 "{}: a GGUF input is imported into a .bnet container; name the output *.bnet",
                 a.output.display()
             );
         }
+        refuse_unused(
+            &a,
+            "importing a GGUF file",
+            &["activation", "bitnet_cpp", "ternary_layout"],
+        )?;
         return run_import(&a);
     }
     if is_bnet(&a.input) || has_ext(&a.input, "bnet") {
@@ -234,13 +236,13 @@ fn run(a: Args) -> Result<()> {
             let f = BnetFile::open(&a.input).with_context(|| a.input.display().to_string())?;
             return run_export(&a, &f);
         }
-        refuse_unused(&a, "unpacking a .bnet", &[])?;
         if has_ext(&a.output, "bnet") {
             bail!(
                 "{}: unpacking a .bnet writes a .safetensors file or a model directory, not another .bnet",
                 a.output.display()
             );
         }
+        refuse_unused(&a, "unpacking a .bnet", &[])?;
         if has_ext(&a.output, "safetensors") {
             return run_unpack(&a);
         }

@@ -59,6 +59,7 @@ struct Args {
 /// `open_model`), or a Hugging Face checkpoint packed with default options into a temporary
 /// file that lives as long as the returned guard.
 fn reference_container(p: &std::path::Path) -> Result<(Option<tempfile::TempPath>, PathBuf)> {
+    std::fs::metadata(p).with_context(|| format!("--reference {}", p.display()))?;
     if bitnet::format::is_bnet(p) || bitnet::format::gguf::is_gguf(p) {
         return Ok((None, p.to_path_buf()));
     }
@@ -67,8 +68,10 @@ fn reference_container(p: &std::path::Path) -> Result<(Option<tempfile::TempPath
     } else {
         p.with_file_name("config.json")
     };
-    let checkpoint =
-        (p.is_dir() || p.extension().is_some_and(|e| e == "safetensors")) && config.is_file();
+    let safetensors = p
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
+    let checkpoint = (p.is_dir() || safetensors) && config.is_file();
     if !checkpoint {
         anyhow::bail!(
             "--reference {}: not a .bnet or GGUF file, nor a Hugging Face checkpoint (a \
