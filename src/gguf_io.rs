@@ -348,10 +348,7 @@ fn encode_projection(
 /// casts are lossless: `ModelConfig` parsing caps every dimension below `u32::MAX`.
 fn model_kv(cfg: &ModelConfig, arch: &str, ty: TernaryType) -> Vec<(String, Value)> {
     let a = |k: &str| format!("{arch}.{k}");
-    let act = match cfg.hidden_act {
-        Activation::Relu2 => "relu2",
-        Activation::Silu => "silu",
-    };
+    let act = cfg.hidden_act.name();
     let mut kv = vec![
         ("general.architecture".to_string(), Value::Str(arch.into())),
         (
@@ -1031,11 +1028,8 @@ pub fn import<W: Write + Seek>(
             "scale_op": "multiply",
             "parameters": {"scale": "the tensor's one block scale (fp16 in TQ types, f32 in I2_S)"},
             "layout": match opts.layout { Layout::TL => "TL", Layout::T2 => "T2" },
-            "embeddings": embeddings.map_or("?", DType::name),
-            "lm_head": match lm_head {
-                Some(d) => d.name(),
-                None => "tied",
-            },
+            "embeddings": embeddings.map_or("?", stored_name),
+            "lm_head": lm_head.map_or("tied", stored_name),
         },
         "provenance": {
             "tool": format!("bitnet-tools {}", env!("CARGO_PKG_VERSION")),
@@ -1061,7 +1055,7 @@ fn hf_config(cfg: &ModelConfig) -> Json {
     json!({
         "architectures": [if llama { "LlamaForCausalLM" } else { "BitNetForCausalLM" }],
         "model_type": if llama { "llama" } else { "bitnet" },
-        "hidden_act": match cfg.hidden_act { Activation::Relu2 => "relu2", Activation::Silu => "silu" },
+        "hidden_act": cfg.hidden_act.name(),
         "hidden_size": cfg.hidden_size,
         "intermediate_size": cfg.intermediate_size,
         "num_hidden_layers": cfg.num_hidden_layers,
@@ -1195,6 +1189,16 @@ fn tokenizer_json(
     )))
 }
 
+/// How the metadata names an embedding or head dtype, in the words `pack` uses.
+fn stored_name(d: DType) -> &'static str {
+    match d {
+        DType::Q4 => crate::pack::store_name(crate::pack::StoreAs::Q4),
+        DType::F16 => "f16",
+        DType::BF16 => "bf16",
+        _ => "f32",
+    }
+}
+
 /// Opens a model to run: a `.bnet` as it is; a GGUF file through an import into an unlinked
 /// temporary file (the kernels read the `.bnet` layout; nothing is left on disk, whatever
 /// happens). Returns the container and whether it was imported.
@@ -1209,12 +1213,15 @@ pub fn open_model(path: &Path) -> Result<(BnetFile, bool)> {
     let temp_error = |e| crate::output::temp_error("the on-the-fly GGUF import", e);
     let tmp = tempfile::tempfile().map_err(temp_error)?;
     let sink = std::io::BufWriter::with_capacity(8 << 20, tmp.try_clone().map_err(temp_error)?);
+    // a write error names where the bytes go: the temporary directory, not the GGUF file
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let dest = std::env::temp_dir().join(format!("(temporary import of {name})"));
     let (sink, _) = import(
         &g,
         &map,
         path,
         sink,
-        path,
+        &dest,
         &ImportOptions::default(),
         &|_| {},
     )?;

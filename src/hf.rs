@@ -159,10 +159,11 @@ impl Checkpoint {
             };
             blobs.push((name.to_string(), t.clone()));
         }
-        let without = src.tokenizer_files == TokenizerFiles::Without;
+        // no tokenizer beside the weights when the caller said which one, or none
+        let own = src.tokenizer.is_some() || src.tokenizer_files == TokenizerFiles::Without;
         for name in BLOB_FILES {
             let tokenizer = *name == "tokenizer.json" || *name == "tokenizer.model";
-            if blobs.iter().any(|(n, _)| n == name) || (tokenizer && without) {
+            if blobs.iter().any(|(n, _)| n == name) || (tokenizer && own) {
                 continue;
             }
             for d in [&dir, &tok_dir] {
@@ -178,8 +179,13 @@ impl Checkpoint {
             .any(|(n, _)| n == "tokenizer.json" || n == "tokenizer.model");
         // the runner loads the stored file as it is: one that is not a tokenizer (a
         // tokenizer_config.json given as --tokenizer, a damaged download) is refused here,
-        // where the source can still be named and fixed
-        for (_, path) in blobs.iter().filter(|(n, _)| n == "tokenizer.json") {
+        // where the source can still be named and fixed (only when packing for use: a
+        // reference packed for bitnet-verify never tokenizes)
+        let required = src.tokenizer_files == TokenizerFiles::Required;
+        let stored = blobs
+            .iter()
+            .filter(|(n, _)| required && n == "tokenizer.json");
+        for (_, path) in stored {
             crate::tokenizer::Tokenizer::from_json(&read_file(path)?).map_err(|why| {
                 Error::checkpoint(format!(
                     "{}: not a usable tokenizer.json ({why}); pass the model's tokenizer.json with --tokenizer, or --no-tokenizer to pack without one",

@@ -45,9 +45,8 @@ pub fn check_dest(dest: &Path, force: bool) -> Result<PathBuf> {
     }
     if dest.is_dir() {
         return Err(Error::Output(format!(
-            "{}: is a directory; give the output file's path (for example {})",
-            dest.display(),
-            dest.join("model.bnet").display()
+            "{}: is a directory; give the path of the output file (one inside it, for example)",
+            dest.display()
         )));
     }
     if dest.exists() && !force {

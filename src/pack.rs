@@ -344,7 +344,8 @@ fn nonempty(b: &[u8]) -> &[u8] {
     }
 }
 
-fn store_name(s: StoreAs) -> &'static str {
+/// How the metadata names a storage choice.
+pub(crate) fn store_name(s: StoreAs) -> &'static str {
     match s {
         StoreAs::Keep => "source dtype",
         StoreAs::F16 => "f16",

@@ -344,7 +344,14 @@ fn error_unusable_tokenizer() {
     let wrong = m.join("config.json");
     let o = pack(&m, &out, &["--tokenizer", wrong.to_str().unwrap()]);
     assert_clean_failure(o, says, &out);
+    let good = d.path().join("good-tokenizer.json");
+    std::fs::copy(m.join("tokenizer.json"), &good).unwrap();
     std::fs::write(m.join("tokenizer.json"), b"{\"model\": 1}").unwrap();
+    // a tokenizer given with --tokenizer replaces the one beside the weights
+    assert!(pack(&m, &out, &["--tokenizer", good.to_str().unwrap()])
+        .status
+        .success());
+    std::fs::remove_file(&out).unwrap();
     let o = pack(&m, &out, &[]);
     let e = String::from_utf8_lossy(&o.stderr).to_string();
     assert!(e.contains("tokenizer.json: not a usable"), "{e}");
@@ -495,7 +502,7 @@ fn error_output_directory_missing_and_output_exists() {
         let e = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(2), "{e}");
         assert!(
-            e.contains("is a directory; give the output file's path"),
+            e.contains("is a directory; give the path of the output file"),
             "{e}"
         );
         assert!(!e.contains("wrote"), "{e}");

@@ -602,7 +602,7 @@ fn options_of_another_direction_are_refused() {
     let q = &bitnet::format::BnetFile::open(&b2).unwrap().index.meta["quantization"];
     assert_eq!(
         (&q["layout"], &q["embeddings"], &q["lm_head"]),
-        (&"T2".into(), &"F16".into(), &"tied".into()),
+        (&"T2".into(), &"f16".into(), &"tied".into()),
         "{q}"
     );
     pack(&ck, &g2, &["--lm-head", "q4", "--gguf-type", "tq1_0"]);

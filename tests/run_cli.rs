@@ -361,6 +361,10 @@ fn run_errors() {
             &["--prompt", "hi", "--json"][..],
             "--json is the output of --ppl and --bench",
         ),
+        (
+            &["--prompt", "hi", "--force"][..],
+            "--force overwrites the --dump-logits output",
+        ),
     ] {
         check(run(args), msg);
     }
@@ -397,7 +401,7 @@ fn run_errors() {
             tmp.path().to_str().unwrap(),
             "--force",
         ]),
-        "is a directory; give the output file's path",
+        "is a directory; give the path of the output file",
     );
     let empty = tmp.path().join("empty.txt");
     std::fs::write(&empty, "").unwrap();

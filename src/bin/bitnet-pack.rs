@@ -25,7 +25,7 @@ use std::process::ExitCode;
 The direction follows from the file types: IN a model directory or .safetensors file and OUT a .bnet packs; \
 IN a .bnet and OUT a .safetensors unpacks (dequantized f32 weights, the config in __metadata__); IN a .bnet and any other OUT writes a model directory transformers can load; \
 IN a .bnet or a checkpoint and OUT a .gguf exports for llama.cpp / bitnet.cpp (--gguf-type); IN a .gguf and OUT a .bnet imports (formats/gguf.md).\n\n\
-Exit codes: 0 success, 2 error (nothing is left under OUT)."
+Exit codes: 0 success, 2 error (nothing is left under OUT, unless only printing the --json report failed)."
 )]
 struct Args {
     /// Model directory (config.json, *.safetensors or a sharded index, tokenizer files), a .safetensors file, a .bnet to unpack or export, or a .gguf to import
@@ -301,9 +301,7 @@ fn run_pack(a: &Args, file: std::fs::File, dest: &Path, summary: bool) -> Result
             ck.family.name(),
             ck.config.num_hidden_layers,
             ck.config.hidden_size,
-            serde_json::to_value(ck.config.hidden_act)?
-                .as_str()
-                .unwrap_or("?"),
+            ck.config.hidden_act.name(),
             a.input.display()
         );
     }

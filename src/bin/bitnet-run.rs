@@ -114,7 +114,10 @@ const MAX_OVERSUBSCRIPTION: usize = 4;
 
 fn run(a: Args) -> Result<()> {
     // flags that mean something only in one mode are refused elsewhere, never silently ignored
-    // (checked here: clap's `requires` did not fire for them)
+    // (checked here: clap's `requires` skips flags with implicit defaults, as booleans have)
+    if a.force && a.dump_logits.is_none() {
+        bail!("--force overwrites the --dump-logits output; it means nothing in other modes");
+    }
     let ppl_only = [
         ("--ctx", a.ctx.is_some()),
         ("--ppl-reference", a.ppl_reference),
@@ -185,7 +188,7 @@ fn run(a: Args) -> Result<()> {
                 r.decode_tokens_per_s, bytes(r.weight_bytes_per_decode_token),
                 bytes(r.kv_cache_bytes_per_decode_token), r.decode_gb_per_s,
                 100.0 * r.decode_share_of_bandwidth, r.read_bandwidth_gb_per_s,
-                if cached { " (the weights fit in the CPU's caches, so these are not memory-bound figures)" } else { "" }
+                if cached { " (weights this small may stay in the CPU's caches: these need not be memory-bound figures)" } else { "" }
             )?;
             if let Some(m) = r.resident_after_decode {
                 // the mapped container (for a GGUF, the .bnet it was imported to)
