@@ -76,20 +76,6 @@ struct Args {
     given: Vec<String>,
 }
 
-/// The options that apply in some directions only.
-const DIRECTIONAL: [&str; 10] = [
-    "config",
-    "tokenizer",
-    "no_tokenizer",
-    "quant",
-    "embeddings",
-    "lm_head",
-    "ternary_layout",
-    "gguf_type",
-    "activation",
-    "bitnet_cpp",
-];
-
 /// Options of packing a checkpoint, whatever the output.
 const PACKING: [&str; 6] = [
     "config",
@@ -100,6 +86,9 @@ const PACKING: [&str; 6] = [
     "lm_head",
 ];
 
+/// The other options that apply in some directions only.
+const DIRECTIONAL: [&str; 4] = ["ternary_layout", "gguf_type", "activation", "bitnet_cpp"];
+
 /// Refuses a directional option given for a direction (`doing`) that does not use it: it would
 /// be silently ignored (an import's output was byte-identical with and without `--lm-head q4`).
 fn refuse_unused(a: &Args, doing: &str, used: &[&str]) -> Result<()> {
@@ -107,7 +96,8 @@ fn refuse_unused(a: &Args, doing: &str, used: &[&str]) -> Result<()> {
     let unused = a
         .given
         .iter()
-        .find(|id| DIRECTIONAL.contains(&id.as_str()) && !used.contains(&id.as_str()));
+        .map(String::as_str)
+        .find(|id| (PACKING.contains(id) || DIRECTIONAL.contains(id)) && !used.contains(id));
     if let Some(id) = unused {
         let applies = match used {
             [] => "no conversion options apply".to_string(),
