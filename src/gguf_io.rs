@@ -696,7 +696,11 @@ fn import_config(g: &Gguf, opts: &ImportOptions) -> Result<ModelConfig> {
         max_position_embeddings: need("context_length")?,
         tie_word_embeddings: g.tensor("output.weight").is_none(),
         bos_token_id: tok("bos_token_id"),
-        eos_token_id: tok("eos_token_id").into_iter().collect(),
+        // llama.cpp's end of turn (Llama 3's <|eot_id|>) ends generation too
+        eos_token_id: tok("eos_token_id")
+            .into_iter()
+            .chain(tok("eot_token_id"))
+            .collect(),
         linear_class: LinearClass::AutoBitLinear,
     };
     cfg.check().map_err(Error::gguf)?;

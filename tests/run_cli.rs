@@ -971,3 +971,45 @@ fn closed_stdout_ends_quietly() {
         );
     }
 }
+
+/// Generation stops at generation_config.json's end-of-sequence ids as well as config.json's
+/// (chat models list their end of turn only there); before, the stored file was never read.
+#[test]
+fn generation_stops_at_generation_config_eos() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("gc");
+    std::fs::create_dir(&dir).unwrap();
+    for e in std::fs::read_dir(fixture("bitnet-packed")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
+    }
+    let gen = |m: &Path| {
+        let o = Command::cargo_bin("bitnet-run")
+            .unwrap()
+            .arg(m)
+            .args(["--prompt", "In the beginning", "-n", "12"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let plain = gen(&packed("bitnet-packed", tmp.path(), &[]));
+    let comma = plain
+        .find(',')
+        .expect("the fixture's greedy text has a comma");
+    // 13 is "," in the fixture's tokenizer
+    std::fs::write(
+        dir.join("generation_config.json"),
+        r#"{"eos_token_id": [1, 13]}"#,
+    )
+    .unwrap();
+    let m = tmp.path().join("gc.bnet");
+    Command::cargo_bin("bitnet-pack")
+        .unwrap()
+        .args([&dir, &m])
+        .arg("--quiet")
+        .assert()
+        .success();
+    let stopped = gen(&m);
+    assert_eq!(stopped.trim_end(), plain[..comma].trim_end(), "{plain:?}");
+}

@@ -316,7 +316,9 @@ fn run(a: Args) -> Result<()> {
         return Ok(());
     }
 
-    let n = a.tokens.min(ctx - prompt.len());
+    // the last token is sampled from the last position and never fed back, so a prompt that
+    // fills the context still has one
+    let n = a.tokens.min(ctx + 1 - prompt.len());
     if n < a.tokens {
         eprintln!(
             "note: generating at most {n} of the {} tokens asked for: the prompt's {} tokens and \
@@ -326,18 +328,18 @@ fn run(a: Args) -> Result<()> {
         );
     }
     let mut s = Session::new(&w, kern);
-    s.reserve(prompt.len() + n);
+    s.reserve(prompt.len() + n.saturating_sub(1));
     let mut last = s.forward(&prompt, false)?.pop().expect("one");
     let mut out_ids: Vec<u32> = Vec::new();
     let mut printed = 0usize;
     let mut stdout = std::io::stdout().lock();
-    let eos = &w.cfg.eos_token_id;
+    let stop = bitnet::runner::stop_tokens(&f, &w.cfg)?;
     for i in 0..n {
         if !last.iter().all(|v| v.is_finite()) {
             bail!("the model's logits are NaN or infinite: its weights are damaged (bitnet-inspect --verify, then re-pack)");
         }
         let t = sampler.next(&last);
-        if eos.contains(&(t as u64)) {
+        if stop.contains(&t) {
             break;
         }
         out_ids.push(t);
