@@ -970,6 +970,21 @@ fn closed_stdout_ends_quietly() {
             "{bin} {args:?}: {e}"
         );
     }
+    // a conversion is in place before its report is printed: a reader that stops early does
+    // not cost it (the pack had been committed after its --json report, and lost)
+    assert!(gguf.exists());
+    let out = tmp.path().join("again.bnet");
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let o = std::process::Command::new(assert_cmd::cargo::cargo_bin("bitnet-pack"))
+        .arg(fixture("llama-bitlinear"))
+        .arg(&out)
+        .arg("--json")
+        .stdout(writer)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(out.exists());
 }
 
 /// Generation stops at generation_config.json's end-of-sequence ids as well as config.json's

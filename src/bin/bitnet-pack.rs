@@ -248,7 +248,7 @@ fn run(a: Args) -> Result<()> {
         let tmp = tempfile::tempfile_in(parent.unwrap_or(Path::new(".")))
             .map_err(|e| bitnet::output::write_error(&a.output, e))?;
         // the export prints the one summary (and the one JSON document)
-        run_pack(&a, tmp.try_clone()?, &a.output, false)?;
+        run_pack(&a, tmp.try_clone()?, &a.output, None)?;
         let f = BnetFile::from_file(&tmp, &a.output)?;
         return run_export(&a, &f);
     }
@@ -265,13 +265,12 @@ fn run(a: Args) -> Result<()> {
         .file()
         .try_clone()
         .map_err(|e| bitnet::output::write_error(&a.output, e))?;
-    run_pack(&a, file, &a.output, true)?;
-    Ok(out.commit()?)
+    run_pack(&a, file, &a.output, Some(out))
 }
 
-/// Packs the checkpoint IN into `file` (`dest` names the output in messages); `summary`
-/// prints the result.
-fn run_pack(a: &Args, file: std::fs::File, dest: &Path, summary: bool) -> Result<()> {
+/// Packs the checkpoint IN into `file` (`dest` names the output in messages); with `out` (the
+/// atomic file behind `file`), commits it and prints the result.
+fn run_pack(a: &Args, file: std::fs::File, dest: &Path, out: Option<AtomicFile>) -> Result<()> {
     let started = std::time::Instant::now();
     let ck = Checkpoint::open(
         &a.input,
@@ -314,9 +313,12 @@ fn run_pack(a: &Args, file: std::fs::File, dest: &Path, summary: bool) -> Result
     drop(sink);
     pb.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
-    if !summary {
+    let Some(out) = out else {
         return Ok(());
-    }
+    };
+    // in place before the report: a script that reads "done" finds the file, and a reader that
+    // stops early (--json | head -1) does not cost the finished pack
+    out.commit()?;
     if a.json {
         let mut j = serde_json::to_value(&report)?;
         j["seconds"] = secs.into();
