@@ -654,6 +654,7 @@ pub fn unpack<W: Write>(
         let (rows, k) = (rows as usize, k as usize);
         match e.dtype {
             DType::T2 | DType::B1 | DType::TL => {
+                quant::check_packed(e, data)?;
                 let rows_per_chunk = (CHUNK_BYTES / (4 * k)).max(1);
                 for start in (0..rows).step_by(rows_per_chunk) {
                     let buf: Vec<u8> = (start..(start + rows_per_chunk).min(rows))

@@ -421,6 +421,19 @@ fn tl_is_canonical(data: &[u8], rows: usize, k: usize) -> bool {
     codes_ok && pad_rows_ok && pad_cols_ok
 }
 
+/// [`packed_is_canonical`] as an error naming the tensor: a file can be self-consistent
+/// (checksums included) and still hold T2 code 3, which a kernel would run as weight +2, so
+/// every reader of packed weights refuses it rather than compute nonsense.
+pub fn check_packed(e: &Entry, data: &[u8]) -> crate::Result<()> {
+    if packed_is_canonical(e, data) {
+        return Ok(());
+    }
+    Err(crate::Error::format(format!(
+        "{} holds invalid packed codes (T2 code 3, TL index 14/15 or negated zero, or non-zero padding); the file is damaged or was not written by bitnet-pack",
+        e.name
+    )))
+}
+
 /// True when packed data holds no code 3 (T2) and all padding is canonical (formats/bnet.md §4).
 /// A full scan of the data, so it runs in parallel and checks padding only where it can be.
 pub fn packed_is_canonical(e: &Entry, data: &[u8]) -> bool {

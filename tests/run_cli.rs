@@ -544,6 +544,18 @@ fn runner_refuses_invalid_codes_even_with_valid_checksums() {
         assert_eq!(o.status.code(), Some(2), "{args:?}");
         assert!(String::from_utf8_lossy(&o.stderr)
             .contains("model.layers.1.mlp.up_proj.weight holds invalid packed codes"));
+        // unpacking refuses them too, leaving nothing behind (it had dequantized them)
+        for out in [tmp.path().join("u.safetensors"), tmp.path().join("udir")] {
+            let o = Command::cargo_bin("bitnet-pack")
+                .unwrap()
+                .args([&bad, &out])
+                .output()
+                .unwrap();
+            let e = String::from_utf8_lossy(&o.stderr);
+            assert_eq!(o.status.code(), Some(2), "{args:?}: {e}");
+            assert!(e.contains("holds invalid packed codes"), "{e}");
+            assert!(!out.exists());
+        }
         let o = Command::cargo_bin("bitnet-inspect")
             .unwrap()
             .arg(&bad)

@@ -209,13 +209,7 @@ impl<'a> Weights<'a> {
                     e.shape
                 )));
             }
-            // A file can be self-consistent (checksums included) and still hold code 3, which
-            // a kernel would run as weight +2: refuse it here rather than compute nonsense.
-            if !crate::quant::packed_is_canonical(e, f.data(e)) {
-                return Err(Error::format(format!(
-                    "{name} holds invalid packed codes (T2 code 3, TL index 14/15 or negated zero, or non-zero padding); the file is damaged or was not written by bitnet-pack"
-                )));
-            }
+            crate::quant::check_packed(e, f.data(e))?;
             Ok(Linear {
                 data: f.data(e),
                 dtype: e.dtype,
