@@ -113,6 +113,14 @@ impl Checkpoint {
             (input.to_path_buf(), find_shards(input)?)
         } else {
             let dir = input.parent().unwrap_or(Path::new(".")).to_path_buf();
+            let name = input.file_name().unwrap_or_default().to_string_lossy();
+            if name.ends_with(".index.json") {
+                return Err(Error::checkpoint(format!(
+                    "{}: this is a sharded checkpoint's index; pass its directory ({})",
+                    input.display(),
+                    dir.display()
+                )));
+            }
             (dir, vec![input.to_path_buf()])
         };
         let config_path = src
@@ -239,8 +247,13 @@ impl Checkpoint {
     }
 }
 
-/// The safetensors files of a directory: the index's shards, or the single file.
+/// The safetensors files of a directory: model.safetensors, or the shards of its index.
 fn find_shards(dir: &Path) -> Result<Vec<PathBuf>> {
+    // transformers' order: one model.safetensors first, then a sharded index
+    let single = dir.join("model.safetensors");
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
     let index = dir.join("model.safetensors.index.json");
     if index.is_file() {
         let v: Value = serde_json::from_slice(&read_file(&index)?)
@@ -278,10 +291,6 @@ fn find_shards(dir: &Path) -> Result<Vec<PathBuf>> {
             )));
         }
         return Ok(paths);
-    }
-    let single = dir.join("model.safetensors");
-    if single.is_file() {
-        return Ok(vec![single]);
     }
     let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| Error::io(dir, e))?

@@ -928,3 +928,35 @@ fn pack_single_file_with_explicit_config_and_tokenizer() {
     );
     assert!(j["quantization"]["parameters"]["rounding"] == "half to even");
 }
+
+/// Sharded checkpoints: the index or one shard given as the input is told to give the
+/// directory; a directory holding model.safetensors uses it first, as transformers does, even
+/// beside a stale index whose shards are gone (that had failed on the missing shards).
+#[test]
+fn shards_and_index_resolve_as_transformers_does() {
+    let d = tempfile::tempdir().unwrap();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+    let out = d.path().join("o.bnet");
+    let sharded = fixtures.join("bitnet-latent");
+    let o = pack(&sharded.join("model.safetensors.index.json"), &out, &[]);
+    assert_clean_failure(
+        o,
+        "this is a sharded checkpoint's index; pass its directory",
+        &out,
+    );
+    let o = pack(&sharded.join("model-00001-of-00002.safetensors"), &out, &[]);
+    assert_clean_failure(o, "a sharded checkpoint is packed from its directory", &out);
+    let both = d.path().join("both");
+    std::fs::create_dir(&both).unwrap();
+    for e in std::fs::read_dir(fixtures.join("llama-bitlinear")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), both.join(e.file_name())).unwrap();
+    }
+    std::fs::copy(
+        sharded.join("model.safetensors.index.json"),
+        both.join("model.safetensors.index.json"),
+    )
+    .unwrap();
+    let o = pack(&both, &out, &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
