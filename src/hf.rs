@@ -10,6 +10,9 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
+/// What to do without a usable tokenizer.json.
+const TOKENIZER_JSON: &str = "pass the model's tokenizer.json with --tokenizer (transformers writes one: AutoTokenizer.from_pretrained(DIR).save_pretrained(OUT)), or --no-tokenizer to pack without one (the model then runs on token ids only)";
+
 /// Files copied verbatim into the container when the checkpoint has them.
 pub const BLOB_FILES: &[&str] = &[
     "tokenizer.json",
@@ -156,16 +159,13 @@ impl Checkpoint {
                     t.display()
                 )));
             }
-            let name = t
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or("tokenizer.json");
-            let name = if name.ends_with(".model") {
-                "tokenizer.model"
-            } else {
-                "tokenizer.json"
-            };
-            blobs.push((name.to_string(), t.clone()));
+            if t.extension().is_some_and(|e| e == "model") {
+                return Err(Error::checkpoint(format!(
+                    "{}: a sentencepiece tokenizer.model, which the runner cannot read; {TOKENIZER_JSON}",
+                    t.display()
+                )));
+            }
+            blobs.push(("tokenizer.json".to_string(), t.clone()));
         }
         // no tokenizer beside the weights when the caller said which one, or none
         let own = src.tokenizer.is_some() || src.tokenizer_files == TokenizerFiles::Without;
@@ -182,9 +182,7 @@ impl Checkpoint {
                 }
             }
         }
-        let has_tok = blobs
-            .iter()
-            .any(|(n, _)| n == "tokenizer.json" || n == "tokenizer.model");
+        let has_tok = blobs.iter().any(|(n, _)| n == "tokenizer.json");
         // the runner loads the stored file as it is: one that is not a tokenizer (a
         // tokenizer_config.json given as --tokenizer, a damaged download) is refused here,
         // where the source can still be named and fixed (only when packing for use: a
@@ -196,15 +194,21 @@ impl Checkpoint {
         for (_, path) in stored {
             crate::tokenizer::Tokenizer::from_json(&read_file(path)?).map_err(|why| {
                 Error::checkpoint(format!(
-                    "{}: not a usable tokenizer.json ({why}); pass the model's tokenizer.json with --tokenizer, or --no-tokenizer to pack without one",
+                    "{}: not a usable tokenizer.json ({why}); {TOKENIZER_JSON}",
                     path.display()
                 ))
             })?;
         }
         if src.tokenizer_files == TokenizerFiles::Required && !has_tok {
+            let only_model = blobs.iter().any(|(n, _)| n == "tokenizer.model");
             return Err(Error::checkpoint(format!(
-                "{}: no tokenizer.json or tokenizer.model found; pass --tokenizer FILE, or --no-tokenizer to pack without one (the model then cannot encode text)",
-                dir.display()
+                "{}: no tokenizer.json found{}; {TOKENIZER_JSON}",
+                dir.display(),
+                if only_model {
+                    " (only a sentencepiece tokenizer.model, which the runner cannot read)"
+                } else {
+                    ""
+                }
             )));
         }
 

@@ -326,6 +326,20 @@ fn error_missing_config_and_tokenizer() {
     let out = d.path().join("o.bnet");
     std::fs::remove_file(m.join("tokenizer.json")).unwrap();
     assert_clean_failure(pack(&m, &out, &[]), "no tokenizer.json", &out);
+    // a sentencepiece model alone cannot be run: refused beside the weights and as --tokenizer
+    let sp = m.join("tokenizer.model");
+    std::fs::write(&sp, b"sentencepiece bytes").unwrap();
+    assert_clean_failure(
+        pack(&m, &out, &[]),
+        "only a sentencepiece tokenizer.model",
+        &out,
+    );
+    let o = pack(&m, &out, &["--tokenizer", sp.to_str().unwrap()]);
+    assert_clean_failure(
+        o,
+        "a sentencepiece tokenizer.model, which the runner cannot read",
+        &out,
+    );
     assert!(pack(&m, &out, &["--no-tokenizer"]).status.success());
     std::fs::remove_file(&out).unwrap();
     std::fs::remove_file(m.join("config.json")).unwrap();

@@ -35,7 +35,7 @@ struct Args {
     /// config.json to use (default: the one beside the weights)
     #[arg(long)]
     config: Option<PathBuf>,
-    /// tokenizer.json (or tokenizer.model) to use (default: the one beside the weights)
+    /// tokenizer.json to use (default: the one beside the weights)
     #[arg(long)]
     tokenizer: Option<PathBuf>,
     /// Pack without a tokenizer, even one beside the weights (the model then cannot encode text)
