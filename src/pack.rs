@@ -616,10 +616,14 @@ pub fn unpack<W: Write>(
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<(W, usize)> {
     let io = |e| crate::output::write_error(dest, e);
+    // a tied model's lm_head is a copy for decoding (--lm-head); transformers ties the head to
+    // the embeddings and would drop it, so the unpacked model is the checkpoint's own
+    let tied = index.meta["model"]["tie_word_embeddings"] == true;
     let tensors: Vec<&bnet::Entry> = index
         .entries
         .iter()
         .filter(|e| !e.name.starts_with("file:") && !e.name.ends_with(".row_scale"))
+        .filter(|e| !(tied && e.name == "lm_head.weight"))
         .collect();
     let out_dtype = |e: &bnet::Entry| match e.dtype {
         DType::T2 | DType::B1 | DType::TL | DType::I8 | DType::Q4 => DType::F32,

@@ -974,3 +974,28 @@ fn shards_and_index_resolve_as_transformers_does() {
     let o = pack(&both, &out, &[]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
+
+/// Unpacking a tied model leaves out the head copy that `--lm-head` added for decoding:
+/// transformers ties the head to the embeddings and would drop it, so the unpacked weights
+/// are the checkpoint's own.
+#[test]
+fn unpack_of_a_tied_model_leaves_out_the_decode_head_copy() {
+    let d = tempfile::tempdir().unwrap();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+    let (b, st) = (d.path().join("q4.bnet"), d.path().join("u.safetensors"));
+    assert!(
+        pack(&fixtures.join("bitnet-latent"), &b, &["--lm-head", "q4"])
+            .status
+            .success()
+    );
+    let f = bitnet::format::BnetFile::open(&b).unwrap();
+    assert!(
+        f.index.get("lm_head.weight").is_some(),
+        "the q4 copy is stored"
+    );
+    assert!(pack(&b, &st, &[]).status.success());
+    let bytes = std::fs::read(&st).unwrap();
+    let t = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert!(t.tensor("lm_head.weight").is_err(), "{:?}", t.names());
+    assert!(t.tensor("model.embed_tokens.weight").is_ok());
+}
