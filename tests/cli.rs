@@ -185,9 +185,11 @@ fn binary_quantization_packs_one_bit_per_weight() {
     let p = synth(d.path(), true);
     let out2 = d.path().join("x.bnet");
     assert_clean_failure(pack(&p, &out2, &["--quant", "binary"]), "latent", &out2);
-    // binary weights are B1 whatever the ternary layout; asking for TL is refused, not ignored
-    let args = ["--quant", "binary", "--ternary-layout", "tl"];
-    assert_clean_failure(pack(&m, &out2, &args), "always B1", &out2);
+    // binary weights are B1 whatever the ternary layout; asking for one is refused, not ignored
+    for layout in ["tl", "t2"] {
+        let args = ["--quant", "binary", "--ternary-layout", layout];
+        assert_clean_failure(pack(&m, &out2, &args), "always B1", &out2);
+    }
 }
 
 #[test]

@@ -596,6 +596,17 @@ fn options_of_another_direction_are_refused() {
         );
         assert!(!output.exists());
     }
+    // what a GGUF would not carry, when packing a checkpoint for one
+    for (flags, says) in [
+        (&["--lm-head", "q4"][..], "a GGUF does not carry"),
+        (
+            &["--embeddings", "i8"][..],
+            "writes int8 embeddings and heads as F16",
+        ),
+    ] {
+        let e = pack_err(&ck, &g2, flags);
+        assert!(e.contains(says), "{flags:?}: {e}");
+    }
     // what applies still works
     pack(&gg, &b2, &["--ternary-layout", "t2"]);
     // the import states what it stored (inspect had shown "embeddings ?, lm_head ?")
@@ -605,7 +616,7 @@ fn options_of_another_direction_are_refused() {
         (&"T2".into(), &"f16".into(), &"tied".into()),
         "{q}"
     );
-    pack(&ck, &g2, &["--lm-head", "q4", "--gguf-type", "tq1_0"]);
+    pack(&ck, &g2, &["--embeddings", "q4", "--gguf-type", "tq1_0"]);
     // running a GGUF imports it into a temporary file: an unusable TMPDIR is named
     let o = bin("bitnet-run")
         .env("TMPDIR", d.path().join("missing"))

@@ -365,6 +365,12 @@ fn run_errors() {
             &["--prompt", "hi", "--force"][..],
             "--force overwrites the --dump-logits output",
         ),
+        (&["--ppl", text, "--chat"][..], "cannot be used with"),
+        (&["--bench", "--chat"][..], "cannot be used with"),
+        (
+            &["--prompt", "hi", "--top-k", "40", "--seed", "5"][..],
+            "which --temp above 0 turns on",
+        ),
     ] {
         check(run(args), msg);
     }

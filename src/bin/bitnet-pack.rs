@@ -196,10 +196,10 @@ fn run(a: Args) -> Result<()> {
             a.output.display()
         );
     }
-    if matches!(a.quant, Quant::Binary) && matches!(a.ternary_layout, Some(TernaryLayout::Tl)) {
+    if matches!(a.quant, Quant::Binary) && a.ternary_layout.is_some() {
         bail!(
-            "--ternary-layout tl stores ternary weights; --quant binary makes binary ones, which \
-             are always B1 (1 bit per weight): drop one of the two options"
+            "--ternary-layout sets how ternary weights are stored; --quant binary makes binary \
+             ones, which are always B1 (1 bit per weight): drop one of the two options"
         );
     }
     if is_gguf(&a.input) {
@@ -284,6 +284,21 @@ fn run_pack(a: &Args, file: std::fs::File, dest: &Path, out: Option<AtomicFile>)
             },
         },
     )?;
+    // packed for a GGUF export (no `out`): what the export would not carry is refused here
+    let head_copy = ck.config.tie_word_embeddings && !matches!(a.lm_head, Store::Keep);
+    if out.is_none() && head_copy {
+        bail!(
+            "--lm-head on a tied model adds a copy of the embeddings for decoding, which a GGUF \
+             does not carry (llama.cpp reads the head from token_embd): drop --lm-head, or use \
+             --embeddings to store that tensor otherwise"
+        );
+    }
+    if out.is_none() && (matches!(a.embeddings, Store::I8) || matches!(a.lm_head, Store::I8)) {
+        bail!(
+            "GGUF export writes int8 embeddings and heads as F16, which only loses precision: \
+             use f16 or q4 (ggml's Q4_0), or leave the option out"
+        );
+    }
     if !a.quiet && !a.json {
         eprintln!(
             "detected {} checkpoint ({} layers, hidden {}, {} activation) in {}",

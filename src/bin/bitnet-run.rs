@@ -56,7 +56,7 @@ struct Args {
     #[arg(long)]
     dump_logits: Option<PathBuf>,
     /// Perplexity over this text file
-    #[arg(long, conflicts_with_all = ["prompt", "ids", "dump_logits", "bench"])]
+    #[arg(long, conflicts_with_all = ["prompt", "ids", "dump_logits", "bench", "chat"])]
     ppl: Option<PathBuf>,
     /// Context length per perplexity window [default: 512]
     #[arg(long)]
@@ -65,7 +65,7 @@ struct Args {
     #[arg(long)]
     ppl_reference: bool,
     /// Benchmark prompt processing and decoding (on a synthetic prompt)
-    #[arg(long, conflicts_with_all = ["prompt", "ids", "dump_logits"])]
+    #[arg(long, conflicts_with_all = ["prompt", "ids", "dump_logits", "chat"])]
     bench: bool,
     /// Prompt tokens for --bench [default: 128]
     #[arg(long)]
@@ -137,6 +137,9 @@ fn run(a: Args) -> Result<()> {
     }
     // bad sampling settings are refused before any work, whatever the mode
     let mut sampler = Sampler::new(a.temp, a.top_k, a.top_p, a.seed)?;
+    if a.temp == 0.0 && (a.top_k != 0 || a.top_p != 1.0 || a.seed != 0) {
+        bail!("--top-k, --top-p and --seed shape sampling, which --temp above 0 turns on (generation is greedy by default)");
+    }
     if let Some(n) = a.threads {
         if n == 0 {
             bail!("--threads 0: give at least 1 (leave it out to use every core)");
