@@ -131,8 +131,12 @@ impl Checkpoint {
             .clone()
             .unwrap_or_else(|| dir.join("config.json"));
         if !config_path.exists() {
+            let advice = match src.config {
+                Some(_) => "check the path given with --config",
+                None => "every checkpoint needs its config.json (pass --config FILE if it lives elsewhere)",
+            };
             return Err(Error::checkpoint(format!(
-                "{}: config.json not found; every checkpoint needs its config.json (pass --config FILE if it lives elsewhere)",
+                "{}: config.json not found; {advice}",
                 config_path.display()
             )));
         }

@@ -37,8 +37,13 @@ pub fn check_dest(dest: &Path, force: bool) -> Result<PathBuf> {
         _ => PathBuf::from("."),
     };
     if !parent.is_dir() {
+        let what = if parent.exists() {
+            "is not a directory"
+        } else {
+            "does not exist"
+        };
         return Err(Error::Output(format!(
-            "{}: output directory {} does not exist; create it first or choose another output path",
+            "{}: output directory {} {what}; create it first or choose another output path",
             dest.display(),
             parent.display()
         )));

@@ -102,6 +102,13 @@ pub fn pack<W: Write + Seek>(
     opts: &PackOptions,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<(W, PackReport)> {
+    // the runner and the GGUF export both refuse it: a container with it would be unusable
+    if !ck.config.rope_scaling.is_null() {
+        return Err(Error::checkpoint(format!(
+            "RoPE scaling {} is not supported yet (neither the runner nor the GGUF export applies it)",
+            ck.config.rope_scaling
+        )));
+    }
     if opts.quant == QuantKind::Binary && ck.family.is_packed() {
         return Err(Error::checkpoint(format!(
             "--quant binary needs latent (float) weights, but this {} checkpoint is already ternary-packed",

@@ -411,6 +411,12 @@ fn error_unsupported_architecture_and_activation() {
         "unsupported activation hidden_act \"gelu\"",
         &out,
     );
+    edit_config(&m, |v| v["hidden_act"] = "relu2".into());
+    // RoPE scaling is refused at packing, not only by the runner and the export later
+    edit_config(&m, |v| {
+        v["rope_scaling"] = serde_json::json!({"rope_type": "linear", "factor": 2.0})
+    });
+    assert_clean_failure(pack(&m, &out, &[]), "RoPE scaling", &out);
     edit_config(&m, |v| v["model_type"] = "gpt2".into());
     assert_clean_failure(pack(&m, &out, &[]), "unsupported architecture", &out);
 }

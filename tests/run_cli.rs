@@ -385,28 +385,27 @@ fn run_errors() {
     let cores = std::thread::available_parallelism().unwrap().get();
     let many = (4 * cores + 1).to_string();
     check(run(&["--prompt", "hi", "--threads", &many]), "times the");
-    // --dump-logits onto the model itself (with --force) is refused and the model kept;
-    // a directory as the output is refused before any work
+    // --dump-logits onto the model itself (with --force) is refused and the model kept: by
+    // name, and through a link; a directory as the output is refused before any work
     let before = std::fs::read(&m).unwrap();
-    check(
+    let dump = |out: &Path| {
         run(&[
             "--ids",
             "1,2",
             "--dump-logits",
-            m.to_str().unwrap(),
+            out.to_str().unwrap(),
             "--force",
-        ]),
-        "is the input file",
-    );
+        ])
+    };
+    check(dump(&m), "--dump-logits writes a safetensors file");
+    let alias = tmp.path().join("alias.safetensors");
+    std::os::unix::fs::symlink(&m, &alias).unwrap();
+    check(dump(&alias), "is the input file");
     assert_eq!(std::fs::read(&m).unwrap(), before);
+    let dir = tmp.path().join("d.safetensors");
+    std::fs::create_dir(&dir).unwrap();
     check(
-        run(&[
-            "--ids",
-            "1,2",
-            "--dump-logits",
-            tmp.path().to_str().unwrap(),
-            "--force",
-        ]),
+        dump(&dir),
         "is a directory; give the path of the output file",
     );
     let empty = tmp.path().join("empty.txt");

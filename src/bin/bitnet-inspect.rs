@@ -86,8 +86,10 @@ fn run(a: Args) -> Result<u8> {
         let gbs = f.index.file_len as f64 / secs.max(1e-9) / 1e9;
         if r.ok() {
             verify_text = format!(
-                "verify        OK: {} checksums match ({:.2} GB/s)\n",
+                "verify        OK: {} checksums match, of {} tensors and {} stored files ({:.2} GB/s)\n",
                 f.index.entries.len(),
+                f.index.entries.iter().filter(|e| !e.name.starts_with("file:")).count(),
+                f.index.entries.iter().filter(|e| e.name.starts_with("file:")).count(),
                 gbs
             );
         } else {

@@ -165,6 +165,15 @@ fn run(a: Args) -> Result<()> {
             .build_global()?;
     }
     if let Some(out) = &a.dump_logits {
+        if !out
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"))
+        {
+            bail!(
+                "{}: --dump-logits writes a safetensors file; name it *.safetensors",
+                out.display()
+            );
+        }
         // before any work, and never over the model itself
         bitnet::output::check_dest(out, a.force)?;
         bitnet::output::check_not_input(out, &a.model)?;
@@ -210,7 +219,14 @@ fn run(a: Args) -> Result<()> {
     }
 
     if let Some(path) = &a.ppl {
-        let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
+        let bytes = std::fs::read(path).with_context(|| path.display().to_string())?;
+        let text = String::from_utf8(bytes).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: not UTF-8 text (invalid byte at offset {}); perplexity reads a UTF-8 text file",
+                path.display(),
+                e.utf8_error().valid_up_to()
+            )
+        })?;
         if text.is_empty() {
             bail!(
                 "{}: the file is empty; perplexity needs at least 2 tokens of text",

@@ -26,15 +26,16 @@ Decode prefetches its weights into L2, or with prefetchnta on Zen 5; BITNET_PREF
 struct Args {
     /// The .bnet model (or a GGUF file, imported on the fly)
     model: PathBuf,
-    /// Prompt text (tokenized with the container's tokenizer)
+    /// Prompt text (tokenized with the container's tokenizer); this or --ids
     #[arg(long, required_unless_present = "ids")]
     prompt: Option<String>,
     /// Token ids instead of a prompt, comma separated
     #[arg(long, value_delimiter = ',', conflicts_with = "prompt")]
     ids: Option<Vec<u32>>,
-    /// Run the reference on another model: a .bnet (e.g. the same checkpoint packed with a
-    /// bf16 lm_head, to measure what --lm-head i8 costs) or the original Hugging Face checkpoint
-    /// (packed afresh with default options into a temporary file)
+    /// Run the reference on another packing of the same model: a .bnet (e.g. packed with a
+    /// bf16 lm_head, to measure what --lm-head i8 costs), a GGUF file (imported on the fly), or
+    /// the original Hugging Face checkpoint (packed afresh with default options into a
+    /// temporary file)
     #[arg(long)]
     reference: Option<PathBuf>,
     /// Greedy tokens of the reference appended to the prompt
@@ -123,11 +124,15 @@ fn run(a: Args) -> Result<u8> {
         .expect("clap requires --prompt or --ids");
     bitnet::runner::check_ids(&w.cfg, &prompt)?;
     if prompt.len() + a.tokens > w.cfg.max_position_embeddings as usize {
+        let ctx = w.cfg.max_position_embeddings as usize;
         anyhow::bail!(
-            "{} prompt tokens + {} generated exceed the model's context of {}",
+            "{} prompt tokens + {} generated exceed the model's context of {ctx}; {}",
             prompt.len(),
             a.tokens,
-            w.cfg.max_position_embeddings
+            match ctx.checked_sub(prompt.len()) {
+                Some(room) => format!("use --tokens {room} or fewer, or a shorter prompt"),
+                None => "use a shorter prompt".to_string(),
+            }
         );
     }
     // The reference, from scratch at every step (it has no cache by design).
