@@ -269,6 +269,9 @@ impl ChatTemplate {
         let mut env = minijinja::Environment::new();
         // a template is untrusted input: real ones render in a few thousand steps
         env.set_fuel(Some(FUEL));
+        // transformers renders with Python's Jinja2, so templates call Python string and dict
+        // methods (`.strip()`, `.startswith(...)`, `.items()`) and use `tojson`
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function(
             "raise_exception",
             |msg: String| -> std::result::Result<String, minijinja::Error> {

@@ -662,6 +662,18 @@ fn chat_template_renders_and_runs() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("no chat template"));
 }
 
+/// Templates written for Python's Jinja2 render: string methods and `tojson`, as real chat
+/// templates use them (they had been refused).
+#[test]
+fn chat_templates_with_python_methods_render() {
+    let t = bitnet::tokenizer::ChatTemplate::new(
+        "{% for m in messages %}{% if m.content.startswith('  ') %}{{ m.role.upper() }}: \
+         {{ m.content.strip() }}|{{ m | tojson }}{% endif %}{% endfor %}",
+    );
+    let text = t.render(&[("user", "  hi  ")], true).unwrap();
+    assert_eq!(text, "USER: hi|{\"role\":\"user\",\"content\":\"  hi  \"}");
+}
+
 /// A chat template is untrusted input: one that would loop for ages runs out of fuel instead.
 #[test]
 fn runaway_chat_template_is_stopped() {
