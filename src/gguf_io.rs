@@ -696,11 +696,13 @@ fn import_config(g: &Gguf, opts: &ImportOptions) -> Result<ModelConfig> {
         max_position_embeddings: need("context_length")?,
         tie_word_embeddings: g.tensor("output.weight").is_none(),
         bos_token_id: tok("bos_token_id"),
-        // llama.cpp's end of turn (Llama 3's <|eot_id|>) ends generation too
-        eos_token_id: tok("eos_token_id")
-            .into_iter()
-            .chain(tok("eot_token_id"))
-            .collect(),
+        // llama.cpp's end of turn (Llama 3's <|eot_id|>) ends generation too, where it is a
+        // token of the vocabulary other than eos
+        eos_token_id: {
+            let eos = tok("eos_token_id");
+            let eot = tok("eot_token_id").filter(|&t| t < vocab && Some(t) != eos);
+            eos.into_iter().chain(eot).collect()
+        },
         linear_class: LinearClass::AutoBitLinear,
     };
     cfg.check().map_err(Error::gguf)?;

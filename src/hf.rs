@@ -95,7 +95,8 @@ pub struct Sources {
     pub tokenizer_files: TokenizerFiles,
 }
 
-/// Whether a checkpoint's tokenizer (tokenizer.json or tokenizer.model) is stored.
+/// Whether a checkpoint's tokenizer.json is stored (a sentencepiece tokenizer.model, which the
+/// runner cannot read, is kept verbatim like the other files).
 #[derive(Default, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenizerFiles {
     /// Stored when the checkpoint has one.
@@ -117,11 +118,17 @@ impl Checkpoint {
         } else {
             let dir = input.parent().unwrap_or(Path::new(".")).to_path_buf();
             let name = input.file_name().unwrap_or_default().to_string_lossy();
-            if name.ends_with(".index.json") {
+            let sharded = dir.join("model.safetensors.index.json").is_file();
+            if name.ends_with(".index.json") || (sharded && name != "model.safetensors") {
                 return Err(Error::checkpoint(format!(
-                    "{}: this is a sharded checkpoint's index; pass its directory ({})",
+                    "{}: part of a sharded checkpoint; pass its directory ({})",
                     input.display(),
-                    dir.display()
+                    if dir.as_os_str().is_empty() {
+                        Path::new(".")
+                    } else {
+                        &dir
+                    }
+                    .display()
                 )));
             }
             (dir, vec![input.to_path_buf()])
@@ -171,11 +178,10 @@ impl Checkpoint {
             }
             blobs.push(("tokenizer.json".to_string(), t.clone()));
         }
-        // no tokenizer beside the weights when the caller said which one, or none
+        // no tokenizer.json beside the weights when the caller said which one, or none
         let own = src.tokenizer.is_some() || src.tokenizer_files == TokenizerFiles::Without;
         for name in BLOB_FILES {
-            let tokenizer = *name == "tokenizer.json" || *name == "tokenizer.model";
-            if blobs.iter().any(|(n, _)| n == name) || (tokenizer && own) {
+            if blobs.iter().any(|(n, _)| n == name) || (*name == "tokenizer.json" && own) {
                 continue;
             }
             for d in [&dir, &tok_dir] {
@@ -187,6 +193,12 @@ impl Checkpoint {
             }
         }
         let has_tok = blobs.iter().any(|(n, _)| n == "tokenizer.json");
+        // generation stops at its eos ids: a bad one is refused here, where it can be fixed
+        if let Some((_, path)) = blobs.iter().find(|(n, _)| n == "generation_config.json") {
+            crate::runner::generation_eos(&read_file(path)?, config.vocab_size).map_err(|why| {
+                Error::checkpoint(format!("{}: {why}; correct it", path.display()))
+            })?;
+        }
         // the runner loads the stored file as it is: one that is not a tokenizer (a
         // tokenizer_config.json given as --tokenizer, a damaged download) is refused here,
         // where the source can still be named and fixed (only when packing for use: a

@@ -177,8 +177,8 @@ fn get_u64(raw: &Value, key: &str) -> Result<u64, String> {
     .ok_or_else(|| format!("config.json lacks a positive integer \"{key}\""))
 }
 
-/// `eos_token_id`: an id, a list of ids, or null.
-fn token_ids(raw: &Value, key: &str) -> Result<Vec<u64>, String> {
+/// `eos_token_id` (of config.json or generation_config.json): an id, a list of ids, or null.
+pub(crate) fn token_ids(raw: &Value, key: &str) -> Result<Vec<u64>, String> {
     let ids = |v: &Value| match v {
         Value::Array(a) => a.iter().map(Value::as_u64).collect(),
         v => v.as_u64().map(|id| vec![id]),

@@ -37,13 +37,15 @@ pub fn check_dest(dest: &Path, force: bool) -> Result<PathBuf> {
         _ => PathBuf::from("."),
     };
     if !parent.is_dir() {
-        let what = if parent.exists() {
-            "is not a directory"
-        } else {
-            "does not exist"
+        let (what, advice) = match parent.exists() {
+            true => ("is a file, not a directory", "choose another output path"),
+            false => (
+                "does not exist",
+                "create it first or choose another output path",
+            ),
         };
         return Err(Error::Output(format!(
-            "{}: output directory {} {what}; create it first or choose another output path",
+            "{}: output directory {} {what}; {advice}",
             dest.display(),
             parent.display()
         )));

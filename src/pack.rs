@@ -124,7 +124,7 @@ pub fn pack<W: Write + Seek>(
         let src_name = source_name(ck.family, &canonical);
         let t = ck.tensors.get(&src_name).ok_or_else(|| {
             Error::checkpoint(format!(
-                "tensor {src_name} is missing; config.json describes a model this checkpoint does not hold (a sharded checkpoint is packed from its directory, not from one shard)"
+                "tensor {src_name} is missing; config.json describes a model this checkpoint does not hold"
             ))
         })?;
         let mut scale_t = None;

@@ -505,6 +505,10 @@ fn error_output_directory_missing_and_output_exists() {
     let m = synth(d.path(), false);
     let out = d.path().join("no/such/dir/o.bnet");
     assert_clean_failure(pack(&m, &out, &[]), "does not exist", &out);
+    let file = d.path().join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let out = file.join("o.bnet");
+    assert_clean_failure(pack(&m, &out, &[]), "is a file, not a directory", &out);
     let out = d.path().join("o.bnet");
     std::fs::write(&out, b"precious").unwrap();
     let o = pack(&m, &out, &[]);
@@ -961,13 +965,9 @@ fn shards_and_index_resolve_as_transformers_does() {
     let out = d.path().join("o.bnet");
     let sharded = fixtures.join("bitnet-latent");
     let o = pack(&sharded.join("model.safetensors.index.json"), &out, &[]);
-    assert_clean_failure(
-        o,
-        "this is a sharded checkpoint's index; pass its directory",
-        &out,
-    );
+    assert_clean_failure(o, "part of a sharded checkpoint; pass its directory", &out);
     let o = pack(&sharded.join("model-00001-of-00002.safetensors"), &out, &[]);
-    assert_clean_failure(o, "a sharded checkpoint is packed from its directory", &out);
+    assert_clean_failure(o, "part of a sharded checkpoint; pass its directory", &out);
     let both = d.path().join("both");
     std::fs::create_dir(&both).unwrap();
     for e in std::fs::read_dir(fixtures.join("llama-bitlinear")).unwrap() {
@@ -1006,4 +1006,16 @@ fn unpack_of_a_tied_model_leaves_out_the_decode_head_copy() {
     let t = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     assert!(t.tensor("lm_head.weight").is_err(), "{:?}", t.names());
     assert!(t.tensor("model.embed_tokens.weight").is_ok());
+    // an untied model keeps its own head
+    let (b, st) = (
+        d.path().join("untied.bnet"),
+        d.path().join("untied.safetensors"),
+    );
+    assert!(pack(&fixtures.join("llama-bitlinear"), &b, &[])
+        .status
+        .success());
+    assert!(pack(&b, &st, &[]).status.success());
+    let bytes = std::fs::read(&st).unwrap();
+    let t = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert!(t.tensor("lm_head.weight").is_ok(), "{:?}", t.names());
 }

@@ -374,6 +374,27 @@ fn run_errors() {
     ] {
         check(run(args), msg);
     }
+    // a prompt that fills the context still gets its one token (sampled from the last
+    // position, never fed back); verify says how many tokens fit
+    let full: Vec<String> = (0..256).map(|i| (i % 500).to_string()).collect();
+    let o = run(&["--ids", &full.join(","), "-n", "5"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("generating at most 1 of the 5 tokens"), "{e}");
+    let o = Command::cargo_bin("bitnet-verify")
+        .unwrap()
+        .arg(&m)
+        .args(["--ids", &full[..250].join(",")])
+        .output()
+        .unwrap();
+    check(o, "use at most --tokens 6");
+    // a --ppl file that is not UTF-8
+    let latin = tmp.path().join("latin1.txt");
+    std::fs::write(&latin, b"caf\xe9 au lait").unwrap();
+    check(
+        run(&["--ppl", latin.to_str().unwrap()]),
+        "not UTF-8 text (invalid byte at offset 3)",
+    );
     // generation that would run past the context says so
     let o = run(&["--prompt", "In the beginning", "-n", "100000"]);
     assert!(o.status.success());
@@ -1042,11 +1063,21 @@ fn generation_stops_at_generation_config_eos() {
         .find(',')
         .expect("the fixture's greedy text has a comma");
     // 13 is "," in the fixture's tokenizer
-    std::fs::write(
-        dir.join("generation_config.json"),
-        r#"{"eos_token_id": [1, 13]}"#,
-    )
-    .unwrap();
+    // an eos id outside the vocabulary is refused at packing, naming the file
+    let gc = dir.join("generation_config.json");
+    std::fs::write(&gc, r#"{"eos_token_id": [1, 9999]}"#).unwrap();
+    let o = Command::cargo_bin("bitnet-pack")
+        .unwrap()
+        .args([&dir, &tmp.path().join("bad.bnet")])
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert!(
+        e.contains("generation_config.json: eos_token_id 9999 is outside the vocabulary"),
+        "{e}"
+    );
+    std::fs::write(&gc, r#"{"eos_token_id": [1, 13]}"#).unwrap();
     let m = tmp.path().join("gc.bnet");
     Command::cargo_bin("bitnet-pack")
         .unwrap()

@@ -486,17 +486,7 @@ fn run_unpack_dir(a: &Args) -> Result<()> {
             dest.display()
         );
     }
-    let parent = match dest.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    if !parent.is_dir() {
-        bail!(
-            "{}: output directory {} does not exist; create it first",
-            dest.display(),
-            parent.display()
-        );
-    }
+    let parent = bitnet::output::check_dest(dest, false)?;
     let f = BnetFile::open(&a.input).with_context(|| a.input.display().to_string())?;
     let name = dest.file_name().and_then(|n| n.to_str()).unwrap_or("out");
     let tmp = tempfile::Builder::new()

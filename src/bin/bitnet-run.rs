@@ -341,18 +341,18 @@ fn run(a: Args) -> Result<()> {
     if n < a.tokens {
         eprintln!(
             "note: generating at most {n} of the {} tokens asked for: the prompt's {} tokens and \
-             the generated ones must fit the model's context of {ctx}",
+             the generated ones but the last must fit the model's context of {ctx}",
             a.tokens,
             prompt.len()
         );
     }
+    let stop = bitnet::runner::stop_tokens(&f, &w.cfg)?;
     let mut s = Session::new(&w, kern);
     s.reserve(prompt.len() + n.saturating_sub(1));
     let mut last = s.forward(&prompt, false)?.pop().expect("one");
     let mut out_ids: Vec<u32> = Vec::new();
     let mut printed = 0usize;
     let mut stdout = std::io::stdout().lock();
-    let stop = bitnet::runner::stop_tokens(&f, &w.cfg)?;
     for i in 0..n {
         if !last.iter().all(|v| v.is_finite()) {
             bail!("the model's logits are NaN or infinite: its weights are damaged (bitnet-inspect --verify, then re-pack)");

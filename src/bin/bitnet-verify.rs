@@ -129,9 +129,9 @@ fn run(a: Args) -> Result<u8> {
             "{} prompt tokens + {} generated exceed the model's context of {ctx}; {}",
             prompt.len(),
             a.tokens,
-            match ctx.checked_sub(prompt.len()) {
-                Some(room) => format!("use --tokens {room} or fewer, or a shorter prompt"),
-                None => "use a shorter prompt".to_string(),
+            match ctx.saturating_sub(prompt.len()) {
+                0 => "use a shorter prompt".to_string(),
+                room => format!("use at most --tokens {room}, or a shorter prompt"),
             }
         );
     }

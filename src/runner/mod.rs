@@ -19,32 +19,30 @@ use crate::model::ModelConfig;
 pub fn stop_tokens(f: &crate::format::BnetFile, cfg: &ModelConfig) -> Result<Vec<u32>> {
     let mut ids = cfg.eos_token_id.clone();
     if let Some(e) = f.index.get("file:generation_config.json") {
-        let bad = |why: String| {
+        let more = generation_eos(f.data(e), cfg.vocab_size).map_err(|why| {
             Error::format(format!(
-                "the stored generation_config.json {why}; re-pack the model with a valid one"
+                "the stored generation_config.json: {why}; fix the checkpoint's generation_config.json and re-pack"
             ))
-        };
-        let v: serde_json::Value =
-            serde_json::from_slice(f.data(e)).map_err(|e| bad(format!("is not JSON ({e})")))?;
-        match v.get("eos_token_id") {
-            None | Some(serde_json::Value::Null) => {}
-            Some(serde_json::Value::Array(a)) => {
-                for t in a {
-                    ids.push(t.as_u64().ok_or_else(|| bad(format!("has eos id {t}")))?);
-                }
-            }
-            Some(t) => ids.push(t.as_u64().ok_or_else(|| bad(format!("has eos id {t}")))?),
-        }
-    }
-    if let Some(t) = ids.iter().find(|&&t| t >= cfg.vocab_size) {
-        return Err(Error::format(format!(
-            "end-of-sequence id {t} is outside the vocabulary (vocab_size {}); re-pack the model",
-            cfg.vocab_size
-        )));
+        })?;
+        ids.extend(more);
     }
     ids.sort_unstable();
     ids.dedup();
     Ok(ids.into_iter().map(|t| t as u32).collect())
+}
+
+/// The end-of-sequence ids of a generation_config.json (bytes): each an id inside the
+/// vocabulary. bitnet-pack checks the file with this before storing it.
+pub fn generation_eos(bytes: &[u8], vocab_size: u64) -> std::result::Result<Vec<u64>, String> {
+    let v: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| format!("not valid JSON ({e})"))?;
+    let ids = crate::model::token_ids(&v, "eos_token_id")?;
+    match ids.iter().find(|&&t| t >= vocab_size) {
+        Some(t) => Err(format!(
+            "eos_token_id {t} is outside the vocabulary (vocab_size {vocab_size})"
+        )),
+        None => Ok(ids),
+    }
 }
 
 /// Token ids must be non-empty and inside the vocabulary.
