@@ -112,9 +112,13 @@ fn nll(logits: &[f32], target: u32) -> f64 {
 /// `--threads` beyond this many per core is refused, not just warned about.
 const MAX_OVERSUBSCRIPTION: usize = 4;
 
-fn run(a: Args) -> Result<()> {
-    // flags that mean something only in one mode are refused elsewhere, never silently ignored
-    // (checked here: clap's `requires` skips flags with implicit defaults, as booleans have)
+/// Refuses options that mean something only in another mode (clap's `conflicts_with` covers
+/// the rest; its `requires` skips flags with implicit defaults, as booleans have): given there,
+/// they would be silently ignored.
+fn refuse_out_of_mode(a: &Args) -> Result<()> {
+    if a.temp == 0.0 && (a.top_k != 0 || a.top_p != 1.0 || a.seed != 0) {
+        bail!("--top-k, --top-p and --seed shape sampling, which --temp above 0 turns on (generation is greedy by default)");
+    }
     if a.force && a.dump_logits.is_none() {
         bail!("--force overwrites the --dump-logits output; it means nothing in other modes");
     }
@@ -135,11 +139,13 @@ fn run(a: Args) -> Result<()> {
     if a.json && a.ppl.is_none() && !a.bench {
         bail!("--json is the output of --ppl and --bench; generation streams text, and --dump-logits writes a file");
     }
+    Ok(())
+}
+
+fn run(a: Args) -> Result<()> {
     // bad sampling settings are refused before any work, whatever the mode
     let mut sampler = Sampler::new(a.temp, a.top_k, a.top_p, a.seed)?;
-    if a.temp == 0.0 && (a.top_k != 0 || a.top_p != 1.0 || a.seed != 0) {
-        bail!("--top-k, --top-p and --seed shape sampling, which --temp above 0 turns on (generation is greedy by default)");
-    }
+    refuse_out_of_mode(&a)?;
     if let Some(n) = a.threads {
         if n == 0 {
             bail!("--threads 0: give at least 1 (leave it out to use every core)");
