@@ -582,6 +582,21 @@ fn runner_refuses_invalid_codes_even_with_valid_checksums() {
             assert!(e.contains("holds invalid packed codes"), "{e}");
             assert!(!out.exists());
         }
+        // so does the GGUF export, naming the file
+        let gg = tmp.path().join("u.gguf");
+        let o = Command::cargo_bin("bitnet-pack")
+            .unwrap()
+            .args([&bad, &gg])
+            .args(["--gguf-type", "i2_s"])
+            .output()
+            .unwrap();
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{e}");
+        assert!(
+            e.contains(&format!("{}: ", bad.display())) && e.contains("invalid packed codes"),
+            "{e}"
+        );
+        assert!(!gg.exists());
         let o = Command::cargo_bin("bitnet-inspect")
             .unwrap()
             .arg(&bad)

@@ -397,7 +397,12 @@ fn run_export(a: &Args, f: &BnetFile) -> Result<()> {
     let total = f.index.entries.iter().map(|e| e.len).sum();
     let pb = progress_bar(total, "exporting", a.quiet || a.json);
     let sink = BufWriter::with_capacity(8 << 20, out.file());
-    let (sink, mut report) = export(f, sink, &a.output, ty, &|n| pb.inc(n))?;
+    // an error of the input's data names the input (write errors name the output already)
+    let (sink, mut report) =
+        export(f, sink, &a.output, ty, &|n| pb.inc(n)).map_err(|e| match e {
+            bitnet::Error::Output(_) => anyhow::Error::from(e),
+            e => anyhow::Error::from(e).context(a.input.display().to_string()),
+        })?;
     report.output_bytes = commit_output(&a.output, sink)?;
     out.commit()?;
     pb.finish_and_clear();
