@@ -7,6 +7,14 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+/// Removes a temporary output, a file or a directory; whether there was one.
+fn remove(p: &Path) -> bool {
+    match p.is_dir() {
+        true => std::fs::remove_dir_all(p).is_ok(),
+        false => std::fs::remove_file(p).is_ok(),
+    }
+}
+
 /// Temporary outputs in progress, removed by the Ctrl-C handler before the process exits.
 static PENDING: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
@@ -18,12 +26,15 @@ fn install_interrupt_handler() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         let _ = ctrlc::set_handler(|| {
-            if let Ok(p) = PENDING.lock() {
-                p.iter().for_each(|f| {
-                    let _ = std::fs::remove_file(f);
-                });
+            let removed = match PENDING.lock() {
+                Ok(p) => p.iter().filter(|f| remove(f)).count(),
+                Err(_) => 0,
+            };
+            // nothing pending: no output begun yet, or it was complete and in place
+            match removed {
+                0 => eprintln!("\ninterrupted"),
+                _ => eprintln!("\ninterrupted: the partial output was removed"),
             }
-            eprintln!("\ninterrupted: the partial output was removed");
             std::process::exit(130);
         });
     });
@@ -103,7 +114,7 @@ fn remove_stale(dir: &Path, name: &str) {
                 continue;
             };
             let alive = pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists();
-            if !alive && std::fs::remove_file(e.path()).is_ok() {
+            if !alive && remove(&e.path()) {
                 eprintln!(
                     "note: removed {}, left by an interrupted run (process {pid})",
                     e.path().display()
@@ -113,6 +124,71 @@ fn remove_stale(dir: &Path, name: &str) {
     }
     #[cfg(not(target_os = "linux"))]
     let _ = (dir, name);
+}
+
+/// Checks `dest`, removes dead runs' temporaries beside it and installs the interrupt handler;
+/// returns its directory and the `.NAME.PID.` prefix of its temporary (the writer's pid lets a
+/// later run tell a dead writer's temporary from a live one).
+fn prepare(dest: &Path, force: bool) -> Result<(PathBuf, String)> {
+    let parent = check_dest(dest, force)?;
+    let name = dest.file_name().and_then(|n| n.to_str()).unwrap_or("out");
+    remove_stale(&parent, name);
+    install_interrupt_handler();
+    Ok((parent, format!(".{name}.{}.", std::process::id())))
+}
+
+/// An output directory (an unpacked model) that appears under its name only when `commit`
+/// succeeds; built beside it, and removed on error, drop or Ctrl-C as [`AtomicFile`]s are.
+pub struct AtomicDir {
+    tmp: PathBuf,
+    dest: PathBuf,
+}
+
+impl AtomicDir {
+    /// Checks the destination (which must not exist) and creates the temporary directory.
+    pub fn create(dest: &Path) -> Result<AtomicDir> {
+        let (parent, prefix) = prepare(dest, false)?;
+        let mut pending = PENDING.lock().unwrap_or_else(|e| e.into_inner());
+        let tmp = tempfile::Builder::new()
+            .prefix(&prefix)
+            .suffix(".tmp")
+            .tempdir_in(&parent)
+            .map_err(|e| write_error(dest, e))?
+            .keep();
+        pending.push(tmp.clone());
+        Ok(AtomicDir {
+            tmp,
+            dest: dest.to_path_buf(),
+        })
+    }
+
+    /// The directory to fill.
+    pub fn path(&self) -> &Path {
+        &self.tmp
+    }
+
+    /// Renames the directory into place (never over an existing one).
+    pub fn commit(self) -> Result<()> {
+        let mut pending = PENDING.lock().unwrap_or_else(|e| e.into_inner());
+        if self.dest.exists() {
+            return Err(Error::Output(format!(
+                "{}: appeared while unpacking; it was left as it is",
+                self.dest.display()
+            )));
+        }
+        std::fs::rename(&self.tmp, &self.dest).map_err(|e| write_error(&self.dest, e))?;
+        pending.retain(|f| *f != self.tmp);
+        Ok(())
+    }
+}
+
+impl Drop for AtomicDir {
+    fn drop(&mut self) {
+        // after a commit the temporary is gone and this does nothing
+        if self.tmp.is_dir() {
+            let _ = std::fs::remove_dir_all(&self.tmp);
+        }
+    }
 }
 
 /// An output file that appears under its name only when `commit` succeeds.
@@ -125,12 +201,8 @@ pub struct AtomicFile {
 impl AtomicFile {
     /// Checks the destination and creates the temporary file beside it.
     pub fn create(dest: &Path, force: bool) -> Result<AtomicFile> {
-        let parent = check_dest(dest, force)?;
-        let name = dest.file_name().and_then(|n| n.to_str()).unwrap_or("out");
-        remove_stale(&parent, name);
+        let (parent, prefix) = prepare(dest, force)?;
         let mut builder = tempfile::Builder::new();
-        // the writer's pid in the name lets a later run tell a dead writer's file from a live one
-        let prefix = format!(".{name}.{}.", std::process::id());
         builder.prefix(&prefix).suffix(".tmp");
         #[cfg(unix)]
         {
@@ -138,7 +210,6 @@ impl AtomicFile {
             use std::os::unix::fs::PermissionsExt;
             builder.permissions(std::fs::Permissions::from_mode(0o644));
         }
-        install_interrupt_handler();
         // created under the lock, so an interrupt that lands in between still sees (and removes)
         // the new file: the handler runs on its own thread and waits for the lock
         let mut pending = PENDING.lock().unwrap_or_else(|e| e.into_inner());

@@ -1019,3 +1019,46 @@ fn unpack_of_a_tied_model_leaves_out_the_decode_head_copy() {
     let t = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     assert!(t.tensor("lm_head.weight").is_ok(), "{:?}", t.names());
 }
+
+/// Unpacking into a directory builds it beside the target as `.NAME.PID.XXXXXX.tmp`: SIGINT
+/// removes it, and a later run removes a dead run's (an interrupted unpack had left its
+/// temporary directory behind for good).
+#[test]
+fn interrupted_unpack_to_a_directory_leaves_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let b = d.path().join("m.bnet");
+    assert!(pack(&medium(d.path()), &b, &[]).status.success());
+    let outdir = d.path().join("out");
+    std::fs::create_dir(&outdir).unwrap();
+    let out = outdir.join("un");
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("bitnet-pack"))
+        .args([&b, &out])
+        .arg("--quiet")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let own = format!(".un.{}.", child.id());
+    let started = std::time::Instant::now();
+    while !leftovers(&outdir).iter().any(|n| n.starts_with(&own))
+        && matches!(child.try_wait(), Ok(None))
+        && started.elapsed() < std::time::Duration::from_secs(60)
+    {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    signal(child.id(), "-INT");
+    let o = child.wait_with_output().unwrap();
+    assert!(matches!(o.status.code(), Some(130) | Some(0)), "{o:?}");
+    assert!(
+        !leftovers(&outdir).iter().any(|n| n.starts_with(&own)),
+        "SIGINT left a temporary directory"
+    );
+    if out.exists() {
+        std::fs::remove_dir_all(&out).unwrap();
+    }
+    let dead = outdir.join(".un.4000000000.AbCdEf.tmp");
+    std::fs::create_dir(&dead).unwrap();
+    std::fs::write(dead.join("model.safetensors"), b"partial").unwrap();
+    assert!(pack(&b, &out, &[]).status.success());
+    assert!(!dead.exists(), "a dead run's temporary directory stays");
+    assert!(out.join("model.safetensors").is_file());
+}

@@ -491,18 +491,12 @@ fn run_unpack_dir(a: &Args) -> Result<()> {
             dest.display()
         );
     }
-    let parent = bitnet::output::check_dest(dest, false)?;
     let f = BnetFile::open(&a.input).with_context(|| a.input.display().to_string())?;
-    let name = dest.file_name().and_then(|n| n.to_str()).unwrap_or("out");
-    let tmp = tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
-        .suffix(".tmp")
-        .tempdir_in(&parent)
-        .map_err(|e| bitnet::output::write_error(dest, e))?;
+    let out = bitnet::output::AtomicDir::create(dest)?;
     let total = f.index.entries.iter().map(|e| e.len).sum();
     let pb = progress_bar(total, "unpacking", a.quiet || a.json);
-    let n = bitnet::pack::unpack_dir(&f.index, &f.map, tmp.path(), &|b| pb.inc(b))?;
-    std::fs::rename(tmp.keep(), dest).map_err(|e| bitnet::output::write_error(dest, e))?;
+    let n = bitnet::pack::unpack_dir(&f.index, &f.map, out.path(), &|b| pb.inc(b))?;
+    out.commit()?;
     pb.finish_and_clear();
     if a.json {
         outln!("{}", serde_json::json!({"output": dest, "tensors": n}))?;

@@ -56,13 +56,13 @@ struct Args {
     json: bool,
 }
 
-/// A .bnet to run the reference on: the file itself (a GGUF file is imported on the fly by
-/// `open_model`), or a Hugging Face checkpoint packed with default options into a temporary
-/// file that lives as long as the returned guard.
-fn reference_container(p: &std::path::Path) -> Result<(Option<tempfile::TempPath>, PathBuf)> {
+/// The model to run the reference on: a .bnet as it is (a GGUF file imported on the fly by
+/// `open_model`), or a Hugging Face checkpoint packed with default options into an unlinked
+/// temporary file, so that nothing is left behind however the run ends (Ctrl-C included).
+fn reference_model(p: &std::path::Path) -> Result<bitnet::format::BnetFile> {
     std::fs::metadata(p).with_context(|| format!("--reference {}", p.display()))?;
     if bitnet::format::is_bnet(p) || bitnet::format::gguf::is_gguf(p) {
-        return Ok((None, p.to_path_buf()));
+        return Ok(open_model(p, true)?);
     }
     let config = if p.is_dir() {
         p.join("config.json")
@@ -81,20 +81,14 @@ fn reference_container(p: &std::path::Path) -> Result<(Option<tempfile::TempPath
         );
     }
     let ck = bitnet::hf::Checkpoint::open(p, &bitnet::hf::Sources::default())?;
-    let tmp = tempfile::Builder::new()
-        .suffix(".bnet")
-        .tempfile()
-        .map_err(|e| bitnet::output::temp_error("packing the reference checkpoint", e))?;
-    let (file, path) = tmp.into_parts();
-    bitnet::pack::pack(
-        &ck,
-        std::io::BufWriter::new(file),
-        &path,
-        &Default::default(),
-        &|_| {},
-    )?;
-    let guard_path = path.to_path_buf();
-    Ok((Some(path), guard_path))
+    let temp_error = |e| bitnet::output::temp_error("packing the reference checkpoint", e);
+    let file = tempfile::tempfile().map_err(temp_error)?;
+    let sink = std::io::BufWriter::new(file.try_clone().map_err(temp_error)?);
+    // write errors name the temporary directory, where the bytes go
+    let dest = std::env::temp_dir().join("(packed reference)");
+    let (sink, _) = bitnet::pack::pack(&ck, sink, &dest, &Default::default(), &|_| {})?;
+    sink.into_inner().map_err(|e| temp_error(e.into_error()))?;
+    Ok(bitnet::format::BnetFile::from_file(&file, p)?)
 }
 
 fn argmax(x: &[f32]) -> u32 {
@@ -104,14 +98,7 @@ fn argmax(x: &[f32]) -> u32 {
 fn run(a: Args) -> Result<u8> {
     let f = open_model(&a.model, a.json)?;
     let w = Weights::load(&f).with_context(|| a.model.display().to_string())?;
-    let (_tmp, ref_file) = match &a.reference {
-        None => (None, None),
-        Some(p) => {
-            let (tmp, path) = reference_container(p)?;
-            let rf = open_model(&path, true)?;
-            (tmp, Some(rf))
-        }
-    };
+    let ref_file = a.reference.as_deref().map(reference_model).transpose()?;
     let ref_w = match &ref_file {
         Some(rf) => Some(Weights::load(rf)?),
         None => None,
