@@ -113,7 +113,13 @@ fn remove_stale(dir: &Path, name: &str) {
             else {
                 continue;
             };
-            let alive = pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists();
+            // a zombie (dead, not yet reaped by its parent) counts as gone
+            let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok();
+            let zombie = state
+                .as_deref()
+                .and_then(|s| s.rsplit_once(") "))
+                .is_some_and(|(_, rest)| rest.starts_with('Z'));
+            let alive = pid == std::process::id() || (state.is_some() && !zombie);
             if !alive && remove(&e.path()) {
                 eprintln!(
                     "note: removed {}, left by an interrupted run (process {pid})",
@@ -266,7 +272,13 @@ pub fn write_error(dest: &Path, e: std::io::Error) -> Error {
             "file too large for this file system or size limit; the partial output was removed"
         }
         std::io::ErrorKind::PermissionDenied => "permission denied: choose a writable output path",
-        std::io::ErrorKind::AlreadyExists => "already exists; pass --force to overwrite it",
+        // said in full: the system's "File exists" would only repeat it
+        std::io::ErrorKind::AlreadyExists => {
+            return Error::Output(format!(
+                "{}: already exists; pass --force to overwrite it",
+                dest.display()
+            ))
+        }
         _ => "write failed; the partial output was removed",
     };
     Error::Output(format!("{}: {advice} ({e})", dest.display()))

@@ -305,6 +305,8 @@ fn run_errors() {
     for (flag, v, msg) in [
         ("--temp", "nan", "is not a temperature"),
         ("--temp", "inf", "is not a temperature"),
+        // a negative value after a space, which clap had taken for a flag
+        ("--temp", "-1", "is not a temperature"),
         ("--top-p", "0", "is not a probability mass"),
         ("--top-p", "1.5", "is not a probability mass"),
     ] {

@@ -41,7 +41,7 @@ struct Args {
     #[arg(short = 'n', long, default_value_t = 64, conflicts_with_all = NOT_GENERATING)]
     tokens: usize,
     /// Sampling temperature; 0 is greedy
-    #[arg(long, default_value_t = 0.0, conflicts_with_all = NOT_GENERATING)]
+    #[arg(long, default_value_t = 0.0, conflicts_with_all = NOT_GENERATING, allow_negative_numbers = true)]
     temp: f32,
     /// Sample only among the k most likely tokens (0: all)
     #[arg(long, default_value_t = 0, conflicts_with_all = NOT_GENERATING)]

@@ -190,7 +190,7 @@ fn run(a: Args) -> Result<u8> {
     if a.json {
         let j = serde_json::json!({
             "model": a.model, "reference": a.reference, "family": f.index.meta.get("family"), "kernel": kern.name(),
-            "prompt_tokens": prompt.len(), "generated_tokens": a.tokens,
+            "prompt_tokens": prompt.len(), "generated_tokens": a.tokens, "ids": ids,
             "summary": sum, "positions": per,
             "greedy": {"identical": diverge.is_none(), "first_divergence": diverge, "reference": ref_greedy,
                        "fast": fast_greedy, "reference_text": text(ref_greedy)},
