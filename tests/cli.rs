@@ -185,6 +185,14 @@ fn binary_quantization_packs_one_bit_per_weight() {
     let p = synth(d.path(), true);
     let out2 = d.path().join("x.bnet");
     assert_clean_failure(pack(&p, &out2, &["--quant", "binary"]), "latent", &out2);
+    // 4-bit embeddings for a GGUF need rows of whole 32-blocks (this model's hidden size is 72)
+    let gg = d.path().join("x.gguf");
+    let o = pack(&m, &gg, &["--embeddings", "q4", "--gguf-type", "i2_s"]);
+    assert_clean_failure(
+        o,
+        "is not a multiple of 32, so they would come out as F16",
+        &gg,
+    );
     // binary weights are B1 whatever the ternary layout; asking for one is refused, not ignored
     for layout in ["tl", "t2"] {
         let args = ["--quant", "binary", "--ternary-layout", layout];

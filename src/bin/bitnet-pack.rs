@@ -293,6 +293,14 @@ fn run_pack(a: &Args, file: std::fs::File, dest: &Path, out: Option<AtomicFile>)
              --embeddings to store that tensor otherwise"
         );
     }
+    let q4 = matches!(a.embeddings, Store::Q4) || matches!(a.lm_head, Store::Q4);
+    if out.is_none() && q4 && !ck.config.hidden_size.is_multiple_of(32) {
+        bail!(
+            "GGUF holds 4-bit embeddings and heads as Q4_0, whose rows are whole blocks of 32; \
+             hidden_size {} is not a multiple of 32, so they would come out as F16: use f16",
+            ck.config.hidden_size
+        );
+    }
     if out.is_none() && (matches!(a.embeddings, Store::I8) || matches!(a.lm_head, Store::I8)) {
         bail!(
             "GGUF export writes int8 embeddings and heads as F16, which only loses precision: \
