@@ -240,7 +240,7 @@ pub fn gguf_summary(
                 (k.clone(), j)
             })
             .collect();
-    serde_json::json!({
+    let mut j = serde_json::json!({
         "format": "gguf",
         "gguf_version": g.version,
         "file_bytes": file_len,
@@ -259,10 +259,14 @@ pub fn gguf_summary(
             }),
             Err(e) => serde_json::json!({"ok": false, "blocker": e}),
         },
-        "tensors": with_tensors.then(|| g.tensors.iter().map(|t| serde_json::json!({
+    });
+    // as for a .bnet, the key is there only with --tensors
+    if with_tensors {
+        j["tensors"] = g.tensors.iter().map(|t| serde_json::json!({
             "name": t.name, "type": t.ty.name, "dims": t.dims, "offset": t.offset, "bytes": t.len,
-        })).collect::<Vec<_>>()),
-    })
+        })).collect();
+    }
+    j
 }
 
 /// The human-readable GGUF report.
