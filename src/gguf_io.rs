@@ -1216,21 +1216,10 @@ pub fn open_model(path: &Path) -> Result<(BnetFile, bool)> {
     // SAFETY: read-only mapping of a file we do not modify (see BnetFile::open).
     let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
     let g = Gguf::parse(&map, false)?;
-    let temp_error = |e| crate::output::temp_error("the on-the-fly GGUF import", e);
-    let tmp = tempfile::tempfile().map_err(temp_error)?;
-    let sink = std::io::BufWriter::with_capacity(8 << 20, tmp.try_clone().map_err(temp_error)?);
-    // a write error names where the bytes go: the temporary directory, not the GGUF file
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let dest = std::env::temp_dir().join(format!("(temporary import of {name})"));
-    let (sink, _) = import(
-        &g,
-        &map,
-        path,
-        sink,
-        &dest,
-        &ImportOptions::default(),
-        &|_| {},
-    )?;
-    sink.into_inner().map_err(|e| temp_error(e.into_error()))?;
-    Ok((BnetFile::from_file(&tmp, path)?, true))
+    let import_to = |sink, dest: &Path| {
+        let opts = ImportOptions::default();
+        Ok(import(&g, &map, path, sink, dest, &opts, &|_| {})?.0)
+    };
+    let f = BnetFile::unlinked("the on-the-fly GGUF import", path, import_to)?;
+    Ok((f, true))
 }

@@ -174,7 +174,7 @@ fn get_u64(raw: &Value, key: &str) -> Result<u64, String> {
         Value::as_u64,
     )?
     .filter(|&v| v > 0)
-    .ok_or_else(|| format!("config.json lacks a positive integer \"{key}\""))
+    .ok_or_else(|| format!("no positive integer \"{key}\": every config.json has one"))
 }
 
 /// `eos_token_id` (of config.json or generation_config.json): an id, a list of ids, or null.

@@ -720,8 +720,9 @@ pub fn unpack<W: Write>(
 
 /// config.json for an unpacked model directory that transformers can load: the original,
 /// without `quantization_config` (the weights are now plain dequantized floats, so the quantizer
-/// must not run again), marked with [`crate::model::UNPACKED_KEY`], and for 1bitLLM checkpoints, whose sub-norms are stored under the BitNet
-/// names, declared as the equivalent transformers BitNet model.
+/// must not run again), marked with [`crate::model::UNPACKED_KEY`], and for 1bitLLM
+/// checkpoints, whose sub-norms are stored under the BitNet names, declared as the equivalent
+/// transformers BitNet model.
 pub fn unpacked_config(index: &Index, bytes: &[u8]) -> Result<Vec<u8>> {
     let e = index
         .get("file:config.json")

@@ -248,7 +248,7 @@ fn run(a: Args) -> Result<()> {
         let tmp = tempfile::tempfile_in(parent.unwrap_or(Path::new(".")))
             .map_err(|e| bitnet::output::write_error(&a.output, e))?;
         // the export prints the one summary (and the one JSON document)
-        run_pack(&a, tmp.try_clone()?, &a.output, None)?;
+        run_pack(&a, tmp.try_clone()?, &a.output, Target::Gguf)?;
         let f = BnetFile::from_file(&tmp, &a.output)?;
         return run_export(&a, &f);
     }
@@ -265,12 +265,47 @@ fn run(a: Args) -> Result<()> {
         .file()
         .try_clone()
         .map_err(|e| bitnet::output::write_error(&a.output, e))?;
-    run_pack(&a, file, &a.output, Some(out))
+    run_pack(&a, file, &a.output, Target::Bnet(out))
 }
 
-/// Packs the checkpoint IN into `file` (`dest` names the output in messages); with `out` (the
-/// atomic file behind `file`), commits it and prints the result.
-fn run_pack(a: &Args, file: std::fs::File, dest: &Path, out: Option<AtomicFile>) -> Result<()> {
+/// What a pack is for.
+enum Target {
+    /// The .bnet output: committed, then reported.
+    Bnet(AtomicFile),
+    /// A container for the GGUF export, which reports.
+    Gguf,
+}
+
+/// Refuses what a GGUF made from this checkpoint would not carry: a tied model's `--lm-head`
+/// copy, and embeddings or heads that would come back as F16 (int8, or 4-bit rows that are not
+/// whole Q4_0 blocks).
+fn refuse_for_gguf(a: &Args, cfg: &bitnet::model::ModelConfig) -> Result<()> {
+    if cfg.tie_word_embeddings && !matches!(a.lm_head, Store::Keep) {
+        bail!(
+            "--lm-head on a tied model adds a copy of the embeddings for decoding, which a GGUF \
+             does not carry (llama.cpp reads the head from token_embd): drop --lm-head, or use \
+             --embeddings to store that tensor otherwise"
+        );
+    }
+    let q4 = matches!(a.embeddings, Store::Q4) || matches!(a.lm_head, Store::Q4);
+    if q4 && !cfg.hidden_size.is_multiple_of(32) {
+        bail!(
+            "GGUF holds 4-bit embeddings and heads as Q4_0, whose rows are whole blocks of 32; \
+             hidden_size {} is not a multiple of 32, so they would come out as F16: use f16",
+            cfg.hidden_size
+        );
+    }
+    if matches!(a.embeddings, Store::I8) || matches!(a.lm_head, Store::I8) {
+        bail!(
+            "GGUF export writes int8 embeddings and heads as F16, which only loses precision: \
+             use f16 or q4 (ggml's Q4_0), or leave the option out"
+        );
+    }
+    Ok(())
+}
+
+/// Packs the checkpoint IN into `file` (`dest` names the output in messages) for `target`.
+fn run_pack(a: &Args, file: std::fs::File, dest: &Path, target: Target) -> Result<()> {
     let started = std::time::Instant::now();
     let ck = Checkpoint::open(
         &a.input,
@@ -284,28 +319,8 @@ fn run_pack(a: &Args, file: std::fs::File, dest: &Path, out: Option<AtomicFile>)
             },
         },
     )?;
-    // packed for a GGUF export (no `out`): what the export would not carry is refused here
-    let head_copy = ck.config.tie_word_embeddings && !matches!(a.lm_head, Store::Keep);
-    if out.is_none() && head_copy {
-        bail!(
-            "--lm-head on a tied model adds a copy of the embeddings for decoding, which a GGUF \
-             does not carry (llama.cpp reads the head from token_embd): drop --lm-head, or use \
-             --embeddings to store that tensor otherwise"
-        );
-    }
-    let q4 = matches!(a.embeddings, Store::Q4) || matches!(a.lm_head, Store::Q4);
-    if out.is_none() && q4 && !ck.config.hidden_size.is_multiple_of(32) {
-        bail!(
-            "GGUF holds 4-bit embeddings and heads as Q4_0, whose rows are whole blocks of 32; \
-             hidden_size {} is not a multiple of 32, so they would come out as F16: use f16",
-            ck.config.hidden_size
-        );
-    }
-    if out.is_none() && (matches!(a.embeddings, Store::I8) || matches!(a.lm_head, Store::I8)) {
-        bail!(
-            "GGUF export writes int8 embeddings and heads as F16, which only loses precision: \
-             use f16 or q4 (ggml's Q4_0), or leave the option out"
-        );
+    if let Target::Gguf = target {
+        refuse_for_gguf(a, &ck.config)?;
     }
     if !a.quiet && !a.json {
         eprintln!(
@@ -336,7 +351,7 @@ fn run_pack(a: &Args, file: std::fs::File, dest: &Path, out: Option<AtomicFile>)
     drop(sink);
     pb.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
-    let Some(out) = out else {
+    let Target::Bnet(out) = target else {
         return Ok(());
     };
     // in place before the report: a script that reads "done" finds the file, and a reader that

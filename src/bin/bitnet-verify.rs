@@ -81,14 +81,11 @@ fn reference_model(p: &std::path::Path) -> Result<bitnet::format::BnetFile> {
         );
     }
     let ck = bitnet::hf::Checkpoint::open(p, &bitnet::hf::Sources::default())?;
-    let temp_error = |e| bitnet::output::temp_error("packing the reference checkpoint", e);
-    let file = tempfile::tempfile().map_err(temp_error)?;
-    let sink = std::io::BufWriter::new(file.try_clone().map_err(temp_error)?);
-    // write errors name the temporary directory, where the bytes go
-    let dest = std::env::temp_dir().join("(packed reference)");
-    let (sink, _) = bitnet::pack::pack(&ck, sink, &dest, &Default::default(), &|_| {})?;
-    sink.into_inner().map_err(|e| temp_error(e.into_error()))?;
-    Ok(bitnet::format::BnetFile::from_file(&file, p)?)
+    let pack_to = |sink, dest: &std::path::Path| {
+        Ok(bitnet::pack::pack(&ck, sink, dest, &Default::default(), &|_| {})?.0)
+    };
+    let what = "packing the reference checkpoint";
+    Ok(bitnet::format::BnetFile::unlinked(what, p, pack_to)?)
 }
 
 fn argmax(x: &[f32]) -> u32 {

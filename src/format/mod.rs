@@ -9,6 +9,9 @@ use memmap2::Mmap;
 use serde_json::{json, Value};
 use std::path::Path;
 
+/// Where [`BnetFile::unlinked`] has a container written.
+pub type Sink = std::io::BufWriter<std::fs::File>;
+
 /// A `.bnet` file mapped into memory with its index parsed (O(1) in the file size).
 pub struct BnetFile {
     pub map: Mmap,
@@ -18,6 +21,26 @@ pub struct BnetFile {
 impl BnetFile {
     pub fn open(path: &Path) -> Result<BnetFile> {
         let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        Self::from_file(&file, path)
+    }
+
+    /// A container that `write` builds in an unlinked temporary file (in TMPDIR; nothing is
+    /// left behind however the process ends), mapped; `path` names its source in errors, and
+    /// `what` ("the on-the-fly GGUF import") the work, should the temporary file fail.
+    pub fn unlinked(
+        what: &str,
+        path: &Path,
+        write: impl FnOnce(Sink, &Path) -> Result<Sink>,
+    ) -> Result<BnetFile> {
+        let temp_error = |e| crate::output::temp_error(what, e);
+        let file = tempfile::tempfile().map_err(temp_error)?;
+        let sink =
+            std::io::BufWriter::with_capacity(8 << 20, file.try_clone().map_err(temp_error)?);
+        // write errors name where the bytes go: the temporary directory, not the source
+        let dest = std::env::temp_dir().join(format!("({what})"));
+        write(sink, &dest)?
+            .into_inner()
+            .map_err(|e| temp_error(e.into_error()))?;
         Self::from_file(&file, path)
     }
 
